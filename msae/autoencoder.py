@@ -1,0 +1,145 @@
+"""What every SAE in msae shares: the four weight tensors, decoding, and the training hooks.
+
+Layout (the SAELens and SAEBench convention):
+    W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,)
+    encode: x (..., d_in) -> acts (..., d_sae);   decode: acts -> x_hat (..., d_in)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+
+class StepOutput(NamedTuple):
+    """What one training step returns. ``stats`` hold 0-dim tensors (no host sync)."""
+
+    loss: torch.Tensor
+    acts: torch.Tensor  # (B, d_sae) the activations the loss used
+    residual: torch.Tensor  # (B, d_in) x - x_hat of the full dictionary, detached
+    stats: dict[str, torch.Tensor]
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class: holds the weights, decodes, and folds input scaling into the weights.
+
+    Subclasses define ``encode`` (inference), ``training_step`` (the loss) and, if they
+    constrain the weights, ``before_optimizer_step`` / ``after_optimizer_step``.
+    """
+
+    architecture: str  # the SAELens architecture name an exported SAE loads as
+
+    def __init__(self, d_in: int, d_sae: int):
+        super().__init__()
+        self.d_in, self.d_sae = d_in, d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # --- inference -------------------------------------------------------------------------
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU((x - b_dec) @ W_enc + b_enc): (..., d_in) -> (..., d_sae)."""
+        self.check_input(x)
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"input has width {x.shape[-1]} (shape {tuple(x.shape)}), but this SAE expects d_in={self.d_in}"
+            )
+
+    # --- training hooks --------------------------------------------------------------------
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def initialize_from_batch(self, x: torch.Tensor) -> None:
+        """Called once with the first (normalised) batch before training."""
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward, before gradient clipping."""
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called after each optimizer step."""
+
+    # --- scaling and export ----------------------------------------------------------------
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on ``x * scale`` run on raw ``x``.
+
+        acts and x_hat are both linear in the input scale, so dividing the biases (and any
+        threshold) by ``scale`` gives ``acts_raw = acts / scale`` and ``x_hat_raw = x_hat /
+        scale`` while leaving W_enc and the (unit-norm) decoder rows unchanged.
+        """
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Weights under their SAELens names, for saving."""
+        return {name: getattr(self, name).detach().clone() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+    def export_config(self) -> dict[str, Any]:
+        """This SAE's own config, enough to rebuild it with :func:`msae.io.load_sae`."""
+        raise NotImplementedError
+
+
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed distance to ``points`` (N, d)."""
+    guess = points.mean(0)
+    for _ in range(max_iter):
+        distances = (points - guess).norm(dim=1).clamp_min(1e-12)
+        weights = 1.0 / distances
+        new_guess = (weights[:, None] * points).sum(0) / weights.sum()
+        if (new_guess - guess).norm() < tol:
+            return new_guess
+        guess = new_guess
+    return guess
+
+
+class InferenceSAE(SparseAutoencoder):
+    """An SAE brought in from elsewhere, for analysis only: a ReLU followed by a per-latent
+    threshold (zeros for a plain ReLU SAE). Covers SAELens "standard" and "jumprelu" SAEs and
+    dictionary_learning's ReLU and JumpReLU autoencoders."""
+
+    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True, architecture: str = "jumprelu"):
+        super().__init__(d_in, d_sae)
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.architecture = architecture
+        self.register_buffer("threshold", torch.zeros(d_sae))
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        shifted = x - self.b_dec if self.apply_b_dec_to_input else x
+        return torch.relu(shifted @ self.W_enc + self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_activations(x)
+        return pre * (pre > self.threshold)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        super().fold_input_scale(scale)
+        self.threshold.div_(scale)
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().export_tensors(), "threshold": self.threshold.clone()}
+
+    def export_config(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "architecture": self.architecture,
+        }

@@ -1,0 +1,88 @@
+"""Training checkpoints: written atomically, checked on load.
+
+A checkpoint is one ``torch.save`` file holding everything needed to continue a run exactly:
+the SAE's parameters and buffers, the optimizer state, the data stream's position, the input
+scale, the step and the run's config (to refuse a checkpoint of a different run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "msae-checkpoint-1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, of another format, or of another run."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``,
+    so a crash leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_json_default) + "\n").encode()))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a checkpoint; raise :class:`CheckpointError` saying why it cannot be used."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
+            "delete it to start the run afresh"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an msae checkpoint (expected format {FORMAT!r})")
+    if expected_config is not None:
+        saved = json.loads(json.dumps(state.get("config"), default=_json_default))
+        expected = json.loads(json.dumps(expected_config, default=_json_default))
+        if saved != expected:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to a different run: {_describe_difference(saved, expected)}; "
+                "use another run folder, or delete the checkpoint to start afresh"
+            )
+    return state
+
+
+def _describe_difference(saved: Any, expected: Any, prefix: str = "") -> str:
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        for key in sorted(set(saved) | set(expected)):
+            if saved.get(key) != expected.get(key):
+                return _describe_difference(saved.get(key), expected.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.') or 'config'} is {saved!r} in the checkpoint but {expected!r} now"

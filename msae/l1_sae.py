@@ -1,0 +1,127 @@
+"""ReLU SAE with a decoder-norm-weighted L1 penalty, vanilla or Matryoshka (sampled prefixes).
+
+This is the SAE of the paper's toy model (SPEC §5)::
+
+    acts   = ReLU((x - b_dec) @ W_enc + b_enc)                       (B, d_sae)
+    L1_i   = sum over the first m_i latents of mean_batch(acts_j * ||W_dec_j||)
+    loss   = mean_i(MSE_i + lambda * L1_i)      over the prefixes sampled for this batch
+
+With ``n_prefixes=1`` the only prefix is the whole dictionary: a vanilla SAE. With more, the
+other prefix ends are drawn per batch from a truncated Pareto law (``msae.prefixes``).
+
+``lambda`` adapts so that the batch L0 reaches ``target_l0``: it shrinks by a factor
+``1 - controller_rate`` while the L0 is below the target and grows by ``1 + controller_rate``
+otherwise, after a linear warm-up. ``sort_latents`` keeps the latents ordered by an EMA of
+their squared contribution, so the most used ones sit in the shortest prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .autoencoder import SparseAutoencoder, StepOutput
+from .prefix_mse import cumulative_prefix_mse
+from .prefixes import sample_prefix_ends
+
+
+@dataclass
+class L1Config:
+    d_in: int
+    d_sae: int
+    target_l0: float | None = None  # None: keep the L1 coefficient fixed
+    l1_coefficient: float = 1.2  # the starting (or fixed) coefficient
+    controller_rate: float = 3e-4
+    l1_warmup_steps: int = 0  # the coefficient ramps up linearly over these steps
+    n_prefixes: int = 1  # 1: vanilla SAE; > 1: Matryoshka with sampled prefixes
+    pareto_exponent: float = 0.5
+    sort_latents: bool = False
+    sort_ema: float = 0.95
+    decoder_init_norm: float = 0.1
+    seed: int = 0
+    model_name: str = ""
+    hook_name: str = ""
+
+    def __post_init__(self):
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 1 <= self.n_prefixes <= self.d_sae:
+            raise ValueError(f"n_prefixes must be in 1..d_sae={self.d_sae}, got {self.n_prefixes}")
+        if self.target_l0 is not None and not 0 < self.target_l0 <= self.d_sae:
+            raise ValueError(f"target_l0 must be in (0, d_sae], got {self.target_l0}")
+        if self.l1_coefficient < 0:
+            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
+
+
+class L1SAE(SparseAutoencoder):
+    architecture = "standard"  # SAELens: plain ReLU
+
+    def __init__(self, config: L1Config):
+        super().__init__(config.d_in, config.d_sae)
+        self.config = config
+        generator = torch.Generator().manual_seed(config.seed)
+        with torch.no_grad():
+            directions = torch.randn(config.d_sae, config.d_in, generator=generator)
+            directions /= directions.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(config.decoder_init_norm * directions)
+            self.W_enc.copy_(directions.T)
+        self.prefix_generator = generator
+        self.register_buffer("l1_coefficient", torch.tensor(float(config.l1_coefficient)))
+        self.register_buffer("usage", torch.zeros(config.d_sae))  # EMA of squared contribution
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pre_activations(x)
+
+    def current_l1_coefficient(self, step: int) -> torch.Tensor:
+        """The coefficient this step uses: a new tensor, so the controller may update the buffer."""
+        warmup = self.config.l1_warmup_steps
+        return self.l1_coefficient * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        cfg = self.config
+        acts = self.pre_activations(x)  # (B, d_sae)
+        ends = sample_prefix_ends(cfg.d_sae, cfg.n_prefixes, self.prefix_generator, cfg.pareto_exponent)
+        prefix_mse, residual = cumulative_prefix_mse(acts, self.W_dec, self.b_dec, x, ends)
+        contribution = acts * self.W_dec.norm(dim=1)  # (B, d_sae) size of each latent's term
+        prefix_l1 = contribution.mean(0).cumsum(0)[torch.tensor(ends) - 1]  # (G,)
+        l1_coefficient = self.current_l1_coefficient(step)
+        loss = (prefix_mse + l1_coefficient * prefix_l1).mean()
+        l0 = (acts > 0).sum() / x.shape[0]
+        with torch.no_grad():
+            if cfg.target_l0 is not None and step >= cfg.l1_warmup_steps:
+                rate = cfg.controller_rate
+                self.l1_coefficient.mul_(torch.where(l0 < cfg.target_l0, 1 - rate, 1 + rate))
+            if cfg.sort_latents:
+                self.usage.lerp_(contribution.pow(2).mean(0), 1 - cfg.sort_ema)
+        stats = {"mse": prefix_mse[-1].detach(), "l1": prefix_l1[-1].detach(), "l0": l0, "l1_coefficient": l1_coefficient}
+        return StepOutput(loss, acts, residual, stats)
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.config.sort_latents:
+            self.permute_latents(torch.argsort(self.usage, descending=True, stable=True), optimizer)
+
+    @torch.no_grad()
+    def permute_latents(self, order: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Reorder the latents (and their Adam state) so that new latent i is old ``order[i]``.
+        The SAE computes the same function, with its latents relabelled."""
+        along = {self.W_enc: 1, self.b_enc: 0, self.W_dec: 0}
+        for param, dim in along.items():
+            param.copy_(param.index_select(dim, order))
+            state = optimizer.state.get(param, {}) if optimizer is not None else {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key].copy_(state[key].index_select(dim, order))
+        self.usage.copy_(self.usage[order])
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"prefix_generator": self.prefix_generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.prefix_generator.set_state(state["prefix_generator"])
+
+    def export_config(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **asdict(self.config)}

@@ -1,0 +1,125 @@
+"""Metrics on SAE activations and weights.
+
+Reconstruction metrics follow SAEBench's definitions; the matching metrics compare an SAE
+with the known features of synthetic data.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+def l0(acts: torch.Tensor) -> float:
+    """Mean number of non-zero latents per token; ``acts`` is (N, d_sae)."""
+    return float((acts != 0).sum()) / acts.shape[0]
+
+
+def variance_explained(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """``1 - Var(x - x_hat) / Var(x)``, variances summed over the input dimensions, over the
+    N tokens of (N, d_in) inputs."""
+    x, x_hat = x.double(), x_hat.double()
+    residual = x - x_hat
+    unexplained = (residual - residual.mean(0)).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum()
+    return float(1 - unexplained / total)
+
+
+def fraction_alive(acts: torch.Tensor) -> float:
+    """Fraction of latents that fire on at least one of the N tokens of (N, d_sae) ``acts``."""
+    return float((acts != 0).any(0).float().mean())
+
+
+def unit_rows(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix / matrix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def decoder_cosines(W_dec: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """(d_sae, n_features) cosine of each decoder row with each true feature direction."""
+    return unit_rows(W_dec.double()) @ unit_rows(directions.double()).T
+
+
+class Matching(NamedTuple):
+    """Latent ``latent_of_feature[j]`` is the one matched to true feature ``j``."""
+
+    latent_of_feature: torch.Tensor  # (n_features,) long
+    similarity: torch.Tensor  # (d_sae, n_features) the activation similarity matched on
+
+
+def match_latents(latent_acts: torch.Tensor, true_acts: torch.Tensor) -> Matching:
+    """Assign one distinct latent to each true feature (Hungarian algorithm), maximising the
+    summed cosine similarity between the latent's and the feature's activations over N samples.
+
+    Args:
+        latent_acts: (N, d_sae); true_acts: (N, n_features) with n_features <= d_sae.
+    """
+    if latent_acts.shape[0] != true_acts.shape[0]:
+        raise ValueError("latent and true activations must cover the same samples")
+    if true_acts.shape[1] > latent_acts.shape[1]:
+        raise ValueError(f"cannot match {true_acts.shape[1]} features to {latent_acts.shape[1]} latents")
+    similarity = unit_rows(latent_acts.double().T) @ unit_rows(true_acts.double().T).T  # (d_sae, n_feat)
+    latents, features = linear_sum_assignment(similarity.numpy(), maximize=True)
+    latent_of_feature = torch.empty(true_acts.shape[1], dtype=torch.long)
+    latent_of_feature[torch.as_tensor(features)] = torch.as_tensor(latents)
+    return Matching(latent_of_feature, similarity)
+
+
+def matched_decoder_cosine(W_dec: torch.Tensor, directions: torch.Tensor, matching: Matching) -> torch.Tensor:
+    """(n_features,) cosine of each true feature's direction with its matched decoder row."""
+    cosines = decoder_cosines(W_dec, directions)
+    features = torch.arange(directions.shape[0])
+    return cosines[matching.latent_of_feature, features]
+
+
+def parent_absorption_rate(
+    latent_acts: torch.Tensor,
+    true_acts: torch.Tensor,
+    parent_feature: list[int] | torch.Tensor,
+    matching: Matching,
+    min_fraction: float = 0.5,
+) -> float:
+    """How often a parent's matched latent fails to fire when the parent and a child are active.
+
+    A parent latent "fires" on a sample if its activation reaches ``min_fraction`` of its median
+    activation on samples where the parent is active with no child (its normal size). The rate
+    pools all (sample, parent) pairs where the parent and one of its children are active.
+
+    Args:
+        latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
+        parent_feature: (n_features,) index of each feature's parent, or -1.
+    """
+    parent_feature = torch.as_tensor(parent_feature)
+    absorbed, total = 0, 0
+    for parent in sorted(set(parent_feature.tolist()) - {-1}):
+        children = (parent_feature == parent).nonzero().flatten()
+        parent_on = true_acts[:, parent] > 0
+        child_on = (true_acts[:, children] > 0).any(1)
+        act = latent_acts[:, matching.latent_of_feature[parent]]
+        alone = act[parent_on & ~child_on]
+        if alone.numel() == 0:
+            raise ValueError(f"no sample has parent feature {parent} active without a child")
+        normal = alone.median()
+        together = act[parent_on & child_on]
+        if normal <= 0:  # the latent does not even fire for its parent alone
+            absorbed += together.numel()
+        else:
+            absorbed += int((together < min_fraction * normal).sum())
+        total += together.numel()
+    if total == 0:
+        raise ValueError("no sample has a parent and one of its children active together")
+    return absorbed / total
+
+
+def mean_max_decoder_cosine(W_dec: torch.Tensor, block: int = 4096) -> float:
+    """Mean over latents of the largest cosine between its decoder row and any other row.
+    Computed ``block`` rows at a time, so wide dictionaries fit in memory."""
+    unit = unit_rows(W_dec.float())
+    best = []
+    for start in range(0, unit.shape[0], block):
+        cosines = unit[start : start + block] @ unit.T  # (block, d_sae)
+        rows = torch.arange(cosines.shape[0])
+        cosines[rows, rows + start] = -torch.inf  # not with itself
+        best.append(cosines.max(1).values)
+    return float(torch.cat(best).double().mean())

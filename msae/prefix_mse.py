@@ -1,0 +1,102 @@
+"""The reconstruction error of every Matryoshka prefix in one pass over the decoder.
+
+Definition (what this computes, and what the tests check it against in float64)::
+
+    x_hat_i = acts[:, :m_i] @ W_dec[:m_i] + b_dec              for each prefix end m_i
+    mse_i   = ((x - x_hat_i) ** 2).sum(-1).mean()
+
+Decoding each prefix separately costs ``sum_i m_i`` rows of the decoder (about twice the width
+for the paper's groups). Because the prefixes are nested, ``x_hat_i`` is ``x_hat_{i-1}`` plus
+one group's contribution, so a single running residual, updated group by group, gives every
+prefix for the price of one decode. The backward pass runs the groups in reverse, carrying the
+sum of the later prefixes' residuals, so it also costs one decode.
+
+With ``stop_gradient``, prefix ``i`` sees the earlier groups' contributions as constants: the
+forward value is unchanged and each group's latents get gradient from their own prefix only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def cumulative_prefix_mse(
+    acts: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor,
+    ends: Sequence[int],
+    stop_gradient: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prefix squared error, summed over ``d_in`` and averaged over the batch.
+
+    Args:
+        acts: (B, d_sae) latent activations.
+        W_dec: (d_sae, d_in) decoder rows.
+        b_dec: (d_in,) decoder bias.
+        x: (B, d_in) targets (no gradient is returned for them).
+        ends: increasing prefix widths; the last must be ``d_sae``.
+        stop_gradient: block gradients from later prefixes into earlier groups.
+
+    Returns:
+        mse: (G,) one value per prefix, differentiable in acts, W_dec and b_dec.
+        residual: (B, d_in) ``x - x_hat`` of the full dictionary, detached.
+    """
+    ends = tuple(int(e) for e in ends)
+    if not ends or ends[-1] != W_dec.shape[0] or any(b <= a for a, b in zip((0,) + ends, ends)):
+        raise ValueError(f"prefix ends {list(ends)} must increase strictly up to d_sae={W_dec.shape[0]}")
+    return _CumulativePrefixMSE.apply(acts, W_dec, b_dec, x, ends, stop_gradient)
+
+
+class _CumulativePrefixMSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, acts, W_dec, b_dec, x, ends, stop_gradient):
+        batch = x.shape[0]
+        starts = (0,) + ends[:-1]
+        # residuals[g] = x - x_hat_g; each is the previous one minus one group's decode.
+        residuals = torch.empty((len(ends),) + x.shape, dtype=x.dtype, device=x.device)
+        torch.sub(x, b_dec, out=residuals[0])
+        for g, (start, end) in enumerate(zip(starts, ends)):
+            if g > 0:
+                residuals[g].copy_(residuals[g - 1])
+            residuals[g].addmm_(acts[:, start:end], W_dec[start:end], alpha=-1.0)
+        flat = residuals.flatten(1)
+        mse = torch.einsum("gi,gi->g", flat, flat) / batch
+        ctx.save_for_backward(acts, W_dec, residuals)
+        ctx.ends, ctx.stop_gradient = ends, stop_gradient
+        residual = residuals[-1].detach().clone()
+        ctx.mark_non_differentiable(residual)
+        return mse, residual
+
+    @staticmethod
+    def backward(ctx, grad_mse, _grad_residual):
+        acts, W_dec, residuals = ctx.saved_tensors
+        ends, stop_gradient = ctx.ends, ctx.stop_gradient
+        starts = (0,) + ends[:-1]
+        batch = acts.shape[0]
+        # d mse_i / d x_hat_i = -2 r_i / B, scaled by the upstream gradient of each prefix.
+        scale = grad_mse * (-2.0 / batch)  # (G,) stays on the device: no host sync
+        need_acts, need_W, need_b = ctx.needs_input_grad[:3]
+        grad_acts = torch.empty_like(acts) if need_acts else None
+        grad_W = torch.empty_like(W_dec) if need_W else None
+        grad_b = torch.zeros_like(residuals[0][0]) if need_b else None
+        # carried[g] = gradient reaching group g's contribution: the sum over the prefixes that
+        # contain it (only its own prefix under stop_gradient).
+        carried = torch.zeros_like(residuals[0])
+        for g in reversed(range(len(ends))):
+            if stop_gradient:
+                torch.mul(residuals[g], scale[g], out=carried)
+                if need_b:
+                    grad_b += carried.sum(0)
+            else:
+                carried.addcmul_(residuals[g], scale[g])
+            start, end = starts[g], ends[g]
+            if need_acts:
+                torch.mm(carried, W_dec[start:end].t(), out=grad_acts[:, start:end])
+            if need_W:
+                torch.mm(acts[:, start:end].t(), carried, out=grad_W[start:end])
+        if need_b and not stop_gradient:
+            grad_b = carried.sum(0)  # every prefix contains the bias
+        return grad_acts, grad_W, grad_b, None, None, None

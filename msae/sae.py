@@ -1,0 +1,200 @@
+"""The Matryoshka BatchTopK sparse autoencoder (Bussmann et al. 2025). Plain BatchTopK is the
+one-group case.
+
+    pre   = ReLU((x - b_dec) @ W_enc + b_enc)                    (B, d_sae)
+    acts  = batch_top_k(pre, k)      keep the k*B largest entries of the whole batch
+    x_hat_i = acts[:, :m_i] @ W_dec[:m_i] + b_dec               for each prefix end m_i
+    loss  = mean_i(w_i * MSE_i) + auxk_alpha * AuxK             (uniform w_i = 1/G)
+
+One global top-k is shared by every prefix. At inference, ``encode`` replaces the batch-level
+top-k with a JumpReLU whose single threshold is an EMA of the smallest activation the top-k
+kept during training, so a token's code does not depend on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .autoencoder import SparseAutoencoder, StepOutput, geometric_median
+from .prefix_mse import cumulative_prefix_mse
+from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
+
+
+@dataclass
+class MatryoshkaConfig:
+    """One Matryoshka BatchTopK SAE. ``group_sizes=None`` means one group: plain BatchTopK."""
+
+    d_in: int
+    d_sae: int
+    k: int  # mean active latents per token; the batch keeps k * B activations
+    group_sizes: list[int] | None = None
+    group_weighting: str | list[float] = "uniform"  # "uniform", "size" or explicit weights
+    stop_gradient: bool = False  # block gradients from later prefixes into earlier groups
+    n_random_prefixes: int = 0  # > 0: sample this many prefixes per batch instead of groups
+    pareto_exponent: float = 0.5
+    auxk_alpha: float = 1 / 32
+    auxk_k: int | None = None  # dead latents AuxK may use per token; None: d_in // 2
+    dead_after_tokens: int = 10_000_000  # a latent silent this long is dead
+    threshold_beta: float = 0.999
+    threshold_start_step: int = 1000
+    seed: int = 0  # weight init and prefix sampling
+    # Where the SAE reads its input, written into the SAELens cfg.json.
+    model_name: str = ""
+    hook_name: str = ""
+
+    def __post_init__(self):
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be an integer in 1..d_sae={self.d_sae}, got {self.k!r}")
+        if self.group_sizes is None:
+            self.group_sizes = [self.d_sae]
+        self.group_sizes = list(self.group_sizes)
+        validate_group_sizes(self.group_sizes, self.d_sae)
+        group_weights(self.group_weighting, self.group_sizes)  # raises if malformed
+        if self.n_random_prefixes < 0 or self.n_random_prefixes > self.d_sae:
+            raise ValueError(f"n_random_prefixes must be in 0..d_sae, got {self.n_random_prefixes}")
+        if self.n_random_prefixes and len(self.group_sizes) > 1:
+            raise ValueError("use either fixed group_sizes or n_random_prefixes, not both")
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
+        if not 0 <= self.threshold_beta < 1:
+            raise ValueError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
+
+    @property
+    def prefix_ends(self) -> list[int]:
+        return prefix_ends(self.group_sizes)
+
+
+def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k * B`` largest entries of the whole (B, d_sae) batch; zero the rest.
+
+    One global selection, so a token may keep more or fewer than ``k`` latents.
+    """
+    batch = pre.shape[0]
+    top = pre.flatten().topk(k * batch, sorted=False)
+    return torch.zeros_like(pre).flatten().scatter(0, top.indices, top.values).view_as(pre)
+
+
+class MatryoshkaBatchTopKSAE(SparseAutoencoder):
+    architecture = "jumprelu"  # how SAELens runs it: ReLU then one threshold
+
+    def __init__(self, config: MatryoshkaConfig):
+        super().__init__(config.d_in, config.d_sae)
+        self.config = config
+        generator = torch.Generator().manual_seed(config.seed)
+        with torch.no_grad():
+            W_dec = torch.empty(config.d_sae, config.d_in)
+            torch.nn.init.kaiming_uniform_(W_dec, generator=generator)
+            self.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+            self.W_enc.copy_(self.W_dec.T)
+        self.prefix_generator = generator  # continues the same stream for random prefixes
+        weights = group_weights(config.group_weighting, config.group_sizes)
+        self.register_buffer("group_weights", torch.tensor(weights))
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
+        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+
+    # --- inference -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor, use_threshold: bool = True) -> torch.Tensor:
+        """(..., d_in) -> (..., d_sae). With ``use_threshold=False``, BatchTopK over all rows."""
+        pre = self.pre_activations(x)
+        if not use_threshold:
+            return batch_top_k(pre.reshape(-1, self.d_sae), self.config.k).view_as(pre)
+        if bool((self.threshold < 0).any()):
+            raise RuntimeError(
+                "the inference threshold has not been estimated yet (it starts at step "
+                f"{self.config.threshold_start_step}); train longer or call encode(x, use_threshold=False)"
+            )
+        return pre * (pre > self.threshold)
+
+    # --- training --------------------------------------------------------------------------
+    def prefixes_for_step(self) -> tuple[list[int], torch.Tensor]:
+        """Prefix ends and loss weights for this step: fixed groups, or sampled ones."""
+        cfg = self.config
+        if cfg.n_random_prefixes:
+            ends = sample_prefix_ends(cfg.d_sae, cfg.n_random_prefixes, self.prefix_generator, cfg.pareto_exponent)
+            return ends, self.group_weights.new_full((len(ends),), 1.0 / len(ends))
+        return cfg.prefix_ends, self.group_weights
+
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        cfg = self.config
+        pre = self.pre_activations(x)  # (B, d_sae)
+        acts = batch_top_k(pre, cfg.k)  # (B, d_sae), k*B non-zeros in the batch
+        ends, weights = self.prefixes_for_step()
+        prefix_mse, residual = cumulative_prefix_mse(acts, self.W_dec, self.b_dec, x, ends, cfg.stop_gradient)
+        reconstruction = (weights * prefix_mse).mean()  # the paper code: sum_i MSE_i / G^2
+        with torch.no_grad():
+            fired = (acts > 0).any(0)
+            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + x.shape[0]))
+            if step >= cfg.threshold_start_step:
+                self._update_threshold(acts)
+        auxk = self.auxk_loss(pre, residual)
+        loss = reconstruction + cfg.auxk_alpha * auxk
+        stats = {
+            "mse": prefix_mse[-1].detach(),
+            "auxk": auxk.detach(),
+            "l0": (acts > 0).sum() / x.shape[0],
+            "dead": (self.tokens_since_fired >= cfg.dead_after_tokens).sum(),
+        }
+        return StepOutput(loss, acts, residual, stats)
+
+    def _update_threshold(self, acts: torch.Tensor) -> None:
+        """EMA of the smallest activation the batch top-k kept (all on the device)."""
+        smallest = torch.where(acts > 0, acts, torch.inf).min()
+        smallest = torch.where(torch.isinf(smallest), 0.0, smallest)
+        beta = self.config.threshold_beta
+        self.threshold.copy_(torch.where(self.threshold < 0, smallest, beta * self.threshold + (1 - beta) * smallest))
+
+    def auxk_loss(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Let dead latents explain the residual: top ``auxk_k`` dead pre-activations per token,
+        decoded without bias, squared error normalised by the residual's variance."""
+        dead = self.tokens_since_fired >= self.config.dead_after_tokens
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return pre.new_zeros(())
+        top = torch.where(dead, pre, -torch.inf).topk(min(self.config.auxk_k, n_dead), dim=-1, sorted=False)
+        aux_acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+        error = (residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean()
+        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+        return (error / variance).nan_to_num(0.0)
+
+    def initialize_from_batch(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.b_dec.copy_(geometric_median(x))
+
+    def before_optimizer_step(self) -> None:
+        """Remove the part of each decoder row's gradient that would change its norm."""
+        W, grad = self.W_dec, self.W_dec.grad
+        if grad is not None:
+            grad.sub_((grad * W).sum(1, keepdim=True) * W)
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+
+    # --- state and export ------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"prefix_generator": self.prefix_generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.prefix_generator.set_state(state["prefix_generator"])
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        super().fold_input_scale(scale)
+        self.threshold.copy_(torch.where(self.threshold < 0, self.threshold, self.threshold / scale))
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        if bool((self.threshold < 0).any()):
+            raise RuntimeError("cannot export an SAE whose inference threshold has not been estimated yet")
+        tensors = super().export_tensors()
+        tensors["threshold"] = self.threshold.expand(self.d_sae).clone()  # SAELens: one per latent
+        return tensors
+
+    def export_config(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **asdict(self.config)}

@@ -1,0 +1,250 @@
+"""The training loop every experiment shares.
+
+``train(sae, data, config, run_dir)`` runs Adam with a warm-up/decay schedule and gradient
+clipping on a stream of batches, with:
+
+- inputs scaled by one scalar so that ``E||x||^2 = 1`` (or ``normalized_sq_norm``; folded into the weights at the end, so
+  the returned and saved SAE runs on raw inputs);
+- a progress bar showing loss, L0 and variance explained every ``log_every`` steps (the only
+  points where values leave the device);
+- checkpoints written atomically every ``checkpoint_every`` steps and on Ctrl-C, and resumed
+  automatically when ``train`` is called again on the same run folder;
+- the run's config written beside its results (``config.json``), the finished SAE in the
+  SAELens layout (``sae/``) and the logged statistics (``history.json``).
+
+A data source is any object with ``next_batch() -> (B, d_in) tensor``, ``state_dict()``,
+``load_state_dict(state)`` and ``describe() -> dict``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .autoencoder import SparseAutoencoder
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from .io import save_sae
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class DataSource(Protocol):
+    def next_batch(self) -> torch.Tensor: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 1000
+    decay_fraction: float = 0.2  # linear decay over this last fraction of the steps
+    final_lr_fraction: float = 0.0  # the learning rate at the end, relative to lr
+    grad_clip: float | None = 1.0
+    normalize_inputs: bool = True
+    normalized_sq_norm: float = 1.0  # the E||x||^2 inputs are scaled to
+    normalization_batches: int = 8  # batches drawn (and not trained on) to estimate the scale
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.log_every <= 0 or self.checkpoint_every <= 0:
+            raise ValueError("log_every and checkpoint_every must be positive")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up over ``warmup_steps``,
+    flat, then linear decay to ``final_lr_fraction`` over the last ``decay_fraction`` of steps."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    decay_start = config.steps * (1 - config.decay_fraction)
+    if step < decay_start or config.decay_fraction == 0:
+        return warm
+    progress = (step - decay_start) / (config.steps - decay_start)
+    return min(warm, 1.0 - (1.0 - config.final_lr_fraction) * progress)
+
+
+class NonFiniteError(RuntimeError):
+    """A batch or the loss held NaN or inf; the run folder keeps the last good checkpoint."""
+
+
+class TrainResult(NamedTuple):
+    sae: SparseAutoencoder  # in raw input units
+    history: list[dict[str, float]]  # one entry per log step
+    input_scale: float  # the factor the inputs were multiplied by during training
+    resumed_from: int | None  # the step a checkpoint resumed from, if any
+
+
+def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float = 1.0) -> float:
+    """The scalar s with E||s x||^2 = ``target_sq_norm`` over ``n_batches`` batches."""
+    total, count = 0.0, 0
+    for _ in range(n_batches):
+        batch = data.next_batch()
+        _check_finite(batch, "a batch used to estimate the input scale")
+        total += float(batch.double().pow(2).sum())
+        count += batch.shape[0]
+    mean_sq_norm = total / count
+    if mean_sq_norm <= 0:
+        raise ValueError("the input batches are all zero; cannot normalise them")
+    return math.sqrt(target_sq_norm / mean_sq_norm)
+
+
+def train(
+    sae: SparseAutoencoder,
+    data: DataSource,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``sae`` in place on ``data``; see the module docstring. With ``run_dir`` the run is
+    checkpointed there and a finished run is reloaded instead of retrained."""
+    device = torch.device(config.device)
+    sae.to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=config.betas)
+    run_config = {"sae": sae.export_config(), "train": asdict(config), "data": data.describe()}
+    run_dir = Path(run_dir) if run_dir is not None else None
+    checkpoint_path = run_dir / CHECKPOINT_FILE if run_dir else None
+
+    start, scale, history, resumed_from = 0, 1.0, [], None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, expected_config=run_config)
+        _restore(sae, optimizer, data, state, checkpoint_path)
+        start, scale, history = state["step"], state["input_scale"], state["history"]
+        if state["finished"]:
+            return TrainResult(sae, history, scale, start)
+        resumed_from = start
+    else:
+        if config.normalize_inputs:
+            scale = estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm)
+        if run_dir is not None:
+            write_json(run_dir / "config.json", run_config)
+
+    def checkpoint(step: int, finished: bool = False) -> None:
+        if checkpoint_path is None:
+            return
+        if not all(torch.isfinite(p).all() for p in sae.parameters()):
+            raise NonFiniteError(f"parameters are not finite at step {step}; the checkpoint was not overwritten")
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "step": step,
+                "finished": finished,
+                "config": run_config,
+                "model": sae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "data": data.state_dict(),
+                "input_scale": scale,
+                "history": history,
+            },
+        )
+
+    last_saved = start
+    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, dynamic_ncols=True)
+    with bar, _deferred_interrupt() as interrupted:
+        for step in range(start, config.steps):
+            batch = data.next_batch()
+            if not bool(torch.isfinite(batch).all()):
+                checkpoint(step)  # the model has not seen this batch: its state is good
+                raise NonFiniteError(
+                    f"the batch for step {step} contains NaN or inf; training stopped"
+                    + (f"; the checkpoint in {run_dir} holds the state after step {step}" if run_dir else "")
+                )
+            x = batch.to(device, non_blocking=True) * scale
+            if step == 0:
+                sae.initialize_from_batch(x)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(step, config)
+            out = sae.training_step(x, step)
+            out.loss.backward()
+            sae.before_optimizer_step()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sae.after_optimizer_step(optimizer)
+            done = step + 1
+
+            if done % config.log_every == 0 or done == config.steps:
+                entry = _log_entry(done, out, x)
+                if not math.isfinite(entry["loss"]):
+                    raise NonFiniteError(
+                        f"the loss became {entry['loss']} by step {step}; the checkpoint"
+                        + (f" in {run_dir} still holds step {last_saved}" if run_dir else "s were not written")
+                    )
+                history.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4g}", l0=f"{entry['l0']:.1f}", ve=f"{entry['variance_explained']:.3f}")
+            bar.update(1)
+            if done % config.checkpoint_every == 0 or interrupted.is_set():
+                checkpoint(done)
+                last_saved = done
+            if interrupted.is_set():
+                raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
+
+    sae.fold_input_scale(scale)
+    if run_dir is not None:
+        save_sae(sae, run_dir / "sae")
+        write_json(run_dir / "history.json", history)
+        checkpoint(config.steps, finished=True)
+    return TrainResult(sae, history, scale, resumed_from)
+
+
+def _restore(sae, optimizer, data, state, path) -> None:
+    try:
+        sae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        data.load_state_dict(state["data"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} does not fit this SAE or data ({error})") from error
+
+
+def _log_entry(step: int, out, x: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        variance = (x - x.mean(0)).pow(2).sum()
+        unexplained = (out.residual - out.residual.mean(0)).pow(2).sum()
+        values = {"loss": out.loss.detach(), "variance_explained": 1 - unexplained / variance, **out.stats}
+        return {"step": step, **{k: float(v) for k, v in values.items()}}
+
+
+def _check_finite(batch: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(batch).all()):
+        raise NonFiniteError(f"{what} contains NaN or inf")
+
+
+@contextmanager
+def _deferred_interrupt():
+    """Turn the first Ctrl-C into a flag the loop checks between steps, so it can save a
+    consistent checkpoint before stopping. A second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
