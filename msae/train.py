@@ -105,6 +105,23 @@ def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float
     return math.sqrt(target_sq_norm / mean_sq_norm)
 
 
+def optimization_step(
+    sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int, config: TrainConfig
+):
+    """One update on the (already scaled) batch ``x``; returns the SAE's StepOutput."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * lr_factor(step, config)
+    out = sae.training_step(x, step)
+    out.loss.backward()
+    sae.before_optimizer_step()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sae.after_optimizer_step(optimizer)
+    return out
+
+
 def train(
     sae: SparseAutoencoder,
     data: DataSource,
@@ -169,16 +186,7 @@ def train(
             x = batch.to(device, non_blocking=True) * scale
             if step == 0:
                 sae.initialize_from_batch(x)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(step, config)
-            out = sae.training_step(x, step)
-            out.loss.backward()
-            sae.before_optimizer_step()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sae.after_optimizer_step(optimizer)
+            out = optimization_step(sae, optimizer, x, step, config)
             done = step + 1
 
             if done % config.log_every == 0 or done == config.steps:
