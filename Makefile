@@ -24,7 +24,7 @@ reproduce: $(STAMP)
 	@mkdir -p figures
 	@for nb in $(NOTEBOOKS); do \
 		echo "== $$nb"; \
-		$(BIN)/papermill --cwd notebooks --log-level WARNING $$nb $$nb || exit 1; \
+		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd notebooks $$nb $$nb || exit 1; \
 	done
 
 test: unit-test notebook-test
@@ -32,17 +32,19 @@ test: unit-test notebook-test
 unit-test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# Each notebook is executed at the smoke profile by papermill, then re-executed by nbval,
-# which compares the cells' outputs (see tests/README.md for what is compared).
+# Each notebook runs at the smoke profile under papermill; then nbval runs it again from scratch
+# (its runs folder deleted) and compares the outputs of the cells not tagged nbval-ignore-output:
+# the key numbers each notebook prints must come out the same. See tests/README.md.
 notebook-test: $(STAMP)
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
-		name=$$(basename $$nb); \
-		$(BIN)/papermill --cwd notebooks --log-level WARNING $$nb $(SMOKE_DIR)/$$name \
-			-p profile smoke -p figures_dir ../$(SMOKE_DIR)/figures -p runs_dir ../$(SMOKE_DIR)/runs || exit 1; \
+		echo "== papermill $$nb (smoke)"; \
+		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd $(SMOKE_DIR) $$nb $(SMOKE_DIR)/$$(basename $$nb) \
+			-p profile smoke -p figures_dir figures -p runs_dir runs || exit 1; \
 	done
-	cd notebooks && ../$(BIN)/python -m pytest -p no:cacheprovider --nbval ../$(SMOKE_DIR) \
-		--nbval-sanitize-with ../tests/nbval_sanitize.cfg --nbval-current-env
+	rm -rf $(SMOKE_DIR)/runs
+	$(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/*.ipynb
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

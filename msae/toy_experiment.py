@@ -115,7 +115,7 @@ def train_toy_saes(
 
 class ToyEvaluation(NamedTuple):
     true_acts: torch.Tensor  # (N, n_features) 0/1
-    latent_acts: torch.Tensor  # (N, d_sae)
+    latent_acts: torch.Tensor  # (N, d_sae) activation times decoder-row norm: the term's size
     x: torch.Tensor  # (N, d_model)
     matching: metrics.Matching
     matched_cosine: torch.Tensor  # (n_features,)
@@ -129,7 +129,8 @@ class ToyEvaluation(NamedTuple):
 def evaluate(sae: SparseAutoencoder, data: ToyData, n_samples: int, seed: int = 12345) -> ToyEvaluation:
     """Match the SAE's latents to the true features on fresh samples and measure it."""
     true_acts, x = data.sample(n_samples, torch.Generator().manual_seed(seed))
-    latent_acts = sae.encode(x)
+    codes = sae.encode(x)
+    latent_acts = codes * sae.W_dec.norm(dim=1)
     matching = metrics.match_latents(latent_acts, true_acts)
     cosines = metrics.decoder_cosines(sae.W_dec, data.directions)  # (d_sae, n_features)
     return ToyEvaluation(
@@ -140,21 +141,50 @@ def evaluate(sae: SparseAutoencoder, data: ToyData, n_samples: int, seed: int = 
         matched_cosine=metrics.matched_decoder_cosine(sae.W_dec, data.directions, matching),
         decoder_cosine=cosines[matching.latent_of_feature],
         parent_absorption=metrics.parent_absorption_rate(latent_acts, true_acts, data.tree.parent_feature, matching),
-        l0=metrics.l0(latent_acts),
-        variance_explained=metrics.variance_explained(x, sae.decode(latent_acts)),
+        l0=metrics.l0(codes),
+        variance_explained=metrics.variance_explained(x, sae.decode(codes)),
     )
 
 
-def summary(evaluations: dict[str, ToyEvaluation], data: ToyData) -> dict[str, dict[str, float]]:
-    """The key numbers of each SAE, rounded for printing and comparing across runs."""
+def summary(evaluation: ToyEvaluation) -> dict[str, float]:
+    """The key numbers of one SAE, rounded for printing and for comparing runs."""
     return {
-        kind: {
-            "mean_matched_cosine": round(float(e.matched_cosine.mean()), 3),
-            "min_matched_cosine": round(float(e.matched_cosine.min()), 3),
-            "parent_absorption_rate": round(e.parent_absorption, 3),
-            "l0": round(e.l0, 3),
-            "true_l0": round(data.tree.expected_l0(), 3),
-            "variance_explained": round(e.variance_explained, 3),
-        }
-        for kind, e in evaluations.items()
+        "mean_matched_cosine": round(float(evaluation.matched_cosine.mean()), 3),
+        "min_matched_cosine": round(float(evaluation.matched_cosine.min()), 3),
+        "parent_absorption_rate": round(evaluation.parent_absorption, 3),
+        "l0": round(evaluation.l0, 3),
+        "variance_explained": round(evaluation.variance_explained, 3),
     }
+
+
+def run(
+    config: ToyExperimentConfig, seeds: list[int], runs_dir: str | Path, progress: bool = True
+) -> dict[int, dict[str, ToyEvaluation]]:
+    """Train (or reload) both SAEs for every seed and evaluate them: ``{seed: {kind: evaluation}}``."""
+    evaluations = {}
+    for seed in seeds:
+        seeded = replace(config, seed=seed)
+        data = make_data(seeded)
+        saes = train_toy_saes(seeded, runs_dir, progress)
+        evaluations[seed] = {kind: evaluate(sae, data, config.eval_samples) for kind, sae in saes.items()}
+    return evaluations
+
+
+def median_seed(evaluations: dict[int, dict[str, ToyEvaluation]]) -> int:
+    """The seed whose Matryoshka SAE has the median mean matched cosine (the lower median for an
+    even count): a representative run, chosen by a fixed rule."""
+    ranked = sorted(evaluations, key=lambda s: (float(evaluations[s]["matryoshka"].matched_cosine.mean()), s))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def summary_table(evaluations: dict[int, dict[str, ToyEvaluation]]) -> str:
+    """One line per (seed, SAE) and the mean over seeds, as fixed-width text."""
+    columns = list(summary(next(iter(evaluations.values()))[SAE_KINDS[0]]))
+    lines = [f"{'sae':11s} {'seed':>4s} " + " ".join(f"{c:>22s}" for c in columns)]
+    for kind in SAE_KINDS:
+        rows = [summary(evaluations[seed][kind]) for seed in evaluations]
+        for seed, row in zip(evaluations, rows):
+            lines.append(f"{kind:11s} {seed:>4d} " + " ".join(f"{row[c]:>22.3f}" for c in columns))
+        means = {c: sum(r[c] for r in rows) / len(rows) for c in columns}
+        lines.append(f"{kind:11s} {'mean':>4s} " + " ".join(f"{means[c]:>22.3f}" for c in columns))
+    return "\n".join(lines)

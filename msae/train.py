@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .autoencoder import SparseAutoencoder
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
@@ -173,7 +173,7 @@ def train(
         )
 
     last_saved = start
-    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, mininterval=2.0)
     with bar, _deferred_interrupt() as interrupted:
         for step in range(start, config.steps):
             batch = data.next_batch()
@@ -197,7 +197,7 @@ def train(
                         + (f" in {run_dir} still holds step {last_saved}" if run_dir else "s were not written")
                     )
                 history.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4g}", l0=f"{entry['l0']:.1f}", ve=f"{entry['variance_explained']:.3f}")
+                bar.set_postfix(loss=f"{entry['loss']:.4g}", l0=f"{entry['l0']:.1f}", ve=f"{entry['variance_explained']:.3f}", refresh=False)
             bar.update(1)
             if done % config.checkpoint_every == 0 or interrupted.is_set():
                 checkpoint(done)
