@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 SMOKE_DIR := build/smoke
 
-.PHONY: reproduce test unit-test notebook-test lab bench clean env
+.PHONY: reproduce test unit-test notebook-test lab bench interop clean env
 
 env: $(STAMP)
 
@@ -51,6 +51,13 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/matryoshka_step.py
+
+# Optional: load our saved SAEs with SAELens itself, in a separate venv (sae-lens's pins are its own).
+interop: $(STAMP)
+	test -x .venv-interop/bin/python || $(PYTHON) -m venv .venv-interop
+	.venv-interop/bin/pip install --quiet torch==2.13.0 sae-lens
+	.venv-interop/bin/pip install --quiet --no-deps -e .
+	.venv-interop/bin/python tests/interop/saelens_check.py
 
 clean:
 	rm -rf build runs
