@@ -94,6 +94,14 @@ class SparseAutoencoder(nn.Module):
         raise NotImplementedError
 
 
+def check_dimensions(config: Any) -> None:
+    """Raise ``ValueError`` unless ``config.d_in`` and ``config.d_sae`` are positive integers."""
+    for name in ("d_in", "d_sae"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimising the summed distance to ``points`` (N, d)."""
     guess = points.mean(0)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .autoencoder import SparseAutoencoder, StepOutput
+from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions
 from .prefix_mse import cumulative_prefix_mse
 from .prefixes import sample_prefix_ends
 
@@ -45,10 +45,7 @@ class L1Config:
     hook_name: str = ""
 
     def __post_init__(self):
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_dimensions(self)
         if not 1 <= self.n_prefixes <= self.d_sae:
             raise ValueError(f"n_prefixes must be in 1..d_sae={self.d_sae}, got {self.n_prefixes}")
         if self.target_l0 is not None and not 0 < self.target_l0 <= self.d_sae:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .autoencoder import SparseAutoencoder, StepOutput, geometric_median
+from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions, geometric_median
 from .prefix_mse import cumulative_prefix_mse
 from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
 
@@ -46,10 +46,7 @@ class MatryoshkaConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_dimensions(self)
         if not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
             raise ValueError(f"k must be an integer in 1..d_sae={self.d_sae}, got {self.k!r}")
         if self.group_sizes is None:

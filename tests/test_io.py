@@ -53,6 +53,15 @@ def test_export_refuses_an_unestimated_threshold(tmp_path, seed):
         save_sae(sae, tmp_path)
 
 
+def random_weights(gen, d_in, d_sae):
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen),
+        "b_enc": torch.randn(d_sae, generator=gen),
+        "W_dec": torch.randn(d_sae, d_in, generator=gen),
+        "b_dec": torch.randn(d_in, generator=gen),
+    }
+
+
 def saelens_forward(t, x, architecture):
     """SAELens: hidden = (x - b_dec) @ W_enc + b_enc; ReLU; JumpReLU masks by threshold."""
     hidden = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
@@ -65,12 +74,7 @@ def saelens_forward(t, x, architecture):
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
 def test_reads_foreign_saelens_sae(tmp_path, gen, architecture):
     d_in, d_sae = 10, 30
-    t = {
-        "W_enc": torch.randn(d_in, d_sae, generator=gen),
-        "b_enc": torch.randn(d_sae, generator=gen),
-        "W_dec": torch.randn(d_sae, d_in, generator=gen),
-        "b_dec": torch.randn(d_in, generator=gen),
-    }
+    t = random_weights(gen, d_in, d_sae)
     if architecture == "jumprelu":
         t["threshold"] = torch.rand(d_sae, generator=gen)
     save_file(t, tmp_path / "sae_weights.safetensors")
@@ -109,10 +113,7 @@ def write_dictionary_learning(path, state, trainer):
 def test_reads_dictionary_learning_matryoshka(tmp_path, gen):
     d_in, d_sae = 12, 32
     state = {
-        "W_enc": torch.randn(d_in, d_sae, generator=gen),
-        "b_enc": torch.randn(d_sae, generator=gen),
-        "W_dec": torch.randn(d_sae, d_in, generator=gen),
-        "b_dec": torch.randn(d_in, generator=gen),
+        **random_weights(gen, d_in, d_sae),
         "k": torch.tensor(3, dtype=torch.int),
         "threshold": torch.tensor(0.4),
         "group_sizes": torch.tensor([4, 8, 20]),
