@@ -96,7 +96,8 @@ def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float
     total, count = 0.0, 0
     for _ in range(n_batches):
         batch = data.next_batch()
-        _check_finite(batch, "a batch used to estimate the input scale")
+        if not _all_finite(batch):
+            raise NonFiniteError("a batch used to estimate the input scale contains NaN or inf")
         total += float(batch.double().pow(2).sum())
         count += batch.shape[0]
     mean_sq_norm = total / count
@@ -177,7 +178,7 @@ def train(
     with bar, _deferred_interrupt() as interrupted:
         for step in range(start, config.steps):
             batch = data.next_batch()
-            if not bool(torch.isfinite(batch).all()):
+            if not _all_finite(batch):
                 checkpoint(step)  # the model has not seen this batch: its state is good
                 raise NonFiniteError(
                     f"the batch for step {step} contains NaN or inf; training stopped"
@@ -230,9 +231,8 @@ def _log_entry(step: int, out, x: torch.Tensor) -> dict[str, float]:
         return {"step": step, **{k: float(v) for k, v in values.items()}}
 
 
-def _check_finite(batch: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(batch).all()):
-        raise NonFiniteError(f"{what} contains NaN or inf")
+def _all_finite(batch: torch.Tensor) -> bool:
+    return bool(torch.isfinite(batch).all())
 
 
 @contextmanager
