@@ -1,0 +1,53 @@
+"""Tiny, offline stand-ins for real language models: a word-level tokenizer and randomly
+initialised transformer-lens models of the Llama and Gemma-2 shapes."""
+
+import functools
+import re
+import tempfile
+
+import torch
+
+from msae.stories import generate_stories
+
+
+@functools.cache
+def tiny_tokenizer_dir() -> str:
+    """Saved to a folder: transformer-lens reloads tokenizers by path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for s in generate_stories(300, 0) for w in re.findall(r"\w+|[^\w\s]", s.text)})
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<bos>", "<eos>", "<pad>", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    folder = tempfile.mkdtemp(prefix="tiny-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+
+
+def tiny_model(shape: str = "llama", seed: int = 0):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tokenizer = tiny_tokenizer()
+    common = dict(d_model=48, d_head=12, n_heads=4, d_mlp=96, n_layers=3, n_ctx=256, d_vocab=len(tokenizer),
+                  normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
+                  n_key_value_heads=2, seed=seed, default_prepend_bos=False)
+    if shape == "llama":
+        extra = dict(act_fn="silu", rotary_dim=12, rotary_adjacent_pairs=False)
+    elif shape == "gemma2":  # the features of gemma-2-2b's transformer-lens config, scaled down
+        extra = dict(act_fn="gelu_pytorch_tanh", use_attn_scale=True, use_local_attn=True, window_size=16,
+                     attn_types=["local", "global", "local"], attn_scores_soft_cap=50.0,
+                     output_logits_soft_cap=30.0, use_normalization_before_and_after=True, rotary_dim=12)
+    else:
+        raise ValueError(shape)
+    torch.manual_seed(seed)
+    return HookedTransformer(HookedTransformerConfig(**common, **extra), tokenizer=tokenizer)
