@@ -34,14 +34,14 @@ unit-test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # Each notebook runs at the smoke profile under papermill; then nbval runs it again from scratch
-# (its runs folder deleted) and compares the outputs of the cells not tagged nbval-ignore-output:
+# (its runs folder deleted; the converted model in cache/ is kept) and compares the outputs of the cells not tagged nbval-ignore-output:
 # the key numbers each notebook prints must come out the same. See tests/README.md.
 notebook-test: $(STAMP)
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
 		echo "== papermill $$nb (smoke)"; \
 		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd $(SMOKE_DIR) $$nb $(SMOKE_DIR)/$$(basename $$nb) \
-			-p profile smoke -p figures_dir figures -p runs_dir runs || exit 1; \
+			-p profile smoke -p figures_dir figures -p runs_dir runs -p cache_dir cache || exit 1; \
 	done
 	rm -rf $(SMOKE_DIR)/runs
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \

@@ -18,6 +18,7 @@ import torch
 from . import metrics
 from .autoencoder import SparseAutoencoder
 from .l1_sae import L1Config, L1SAE
+from .report import format_table
 from .toy import FeatureTree, ToyData, load_tree
 from .train import TrainConfig, train
 
@@ -178,13 +179,11 @@ def median_seed(evaluations: dict[int, dict[str, ToyEvaluation]]) -> int:
 
 
 def summary_table(evaluations: dict[int, dict[str, ToyEvaluation]]) -> str:
-    """One line per (seed, SAE) and the mean over seeds, as fixed-width text."""
-    columns = list(summary(next(iter(evaluations.values()))[SAE_KINDS[0]]))
-    lines = [f"{'sae':11s} {'seed':>4s} " + " ".join(f"{c:>22s}" for c in columns)]
+    """One line per (SAE, seed) and the mean over seeds."""
+    rows = []
     for kind in SAE_KINDS:
-        rows = [summary(evaluations[seed][kind]) for seed in evaluations]
-        for seed, row in zip(evaluations, rows):
-            lines.append(f"{kind:11s} {seed:>4d} " + " ".join(f"{row[c]:>22.3f}" for c in columns))
-        means = {c: sum(r[c] for r in rows) / len(rows) for c in columns}
-        lines.append(f"{kind:11s} {'mean':>4s} " + " ".join(f"{means[c]:>22.3f}" for c in columns))
-    return "\n".join(lines)
+        per_seed = [{"sae": kind, "seed": seed, **summary(evaluations[seed][kind])} for seed in evaluations]
+        columns = list(summary(evaluations[next(iter(evaluations))][kind]))
+        mean = {c: sum(r[c] for r in per_seed) / len(per_seed) for c in columns}
+        rows += per_seed + [{"sae": kind, "seed": "mean", **mean}]
+    return format_table(rows, ["sae", "seed", *columns])

@@ -1,0 +1,242 @@
+"""The language-model sweep behind Figs 5, 8, 12 and 13: Matryoshka and BatchTopK SAEs across
+L0s on one activation stream, plus BatchTopK SAEs as wide as each Matryoshka prefix.
+
+``run_sweep(config, runs_dir)`` does everything and skips what is already done: it loads the
+model, collects the activations once, trains every SAE (each on the same batches in the same
+order, each resumable), evaluates them on held-out text and writes ``results.json``.
+
+Profiles (``sweep_config(profile)``):
+
+- ``paper``: Gemma-2-2B, ``blocks.12.hook_resid_post``, The Pile, 65k latents, L0 20..320,
+  500M tokens, evaluation on OpenWebText (SAEBench). Needs a GPU and the Hugging Face hub.
+- ``default``: SmolLM2-135M-Instruct, ``blocks.15.hook_resid_post`` of 30, the generated story
+  corpus, 2304 latents (4x), L0 10..80, 600k cached tokens seen 2.5 times. Sized so that
+  ``make reproduce`` fits in about an hour on 2 CPU cores: a reduced-scale stand-in, not the paper.
+- ``smoke``: the default pipeline at toy sizes, for the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .activations import ActivationConfig, CachedActivations, CorpusConfig, collect_activations
+from .checkpoint import write_json
+from .lm import load_model
+from .lm_eval import build_eval_set, evaluate_sae
+from .report import format_table
+from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
+from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from .train import TrainConfig, train
+
+
+@dataclass
+class SweepConfig:
+    model_name: str
+    hook_name: str
+    corpus: CorpusConfig
+    eval_corpus: CorpusConfig
+    d_sae: int
+    k_values: list[int]
+    matched_k: int  # Fig 13 matches the prefixes of the Matryoshka SAE with this k
+    n_tokens: int  # activations collected
+    steps: int
+    batch_size: int
+    context_size: int = 256
+    eval_context_size: int = 128
+    eval_contexts: int = 64
+    group_fractions: list[float] = field(default_factory=lambda: list(PAPER_GROUP_FRACTIONS))
+    lr: float = 3e-4
+    warmup_steps: int = 1000
+    decay_fraction: float = 0.2
+    dead_after_tokens: int = 10_000_000
+    threshold_start_step: int = 1000
+    threshold_beta: float = 0.999  # shorter runs need a faster EMA to settle
+    exclude_first: int = 1
+    prepend_bos: bool = False
+    device: str = "cpu"
+    needs_gpu: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.matched_k not in self.k_values:
+            raise ValueError(f"matched_k={self.matched_k} must be one of k_values={self.k_values}")
+
+    def name(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def activation_config(self) -> ActivationConfig:
+        return ActivationConfig(
+            model_name=self.model_name, hook_name=self.hook_name, corpus=self.corpus, context_size=self.context_size,
+            n_tokens=self.n_tokens, exclude_first=self.exclude_first, prepend_bos=self.prepend_bos,
+        )
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, decay_fraction=self.decay_fraction,
+            device=self.device, checkpoint_every=max(1, self.steps // 10), log_every=max(1, self.steps // 100),
+        )
+
+
+STORIES = CorpusConfig(source="stories", n_documents=20_000, seed=0)
+HELD_OUT_STORIES = CorpusConfig(source="stories", n_documents=2_000, seed=1)
+
+PROFILES = {
+    "paper": SweepConfig(
+        model_name="gemma-2-2b",
+        hook_name="blocks.12.hook_resid_post",
+        corpus=CorpusConfig(source="hf", path="monology/pile-uncopyrighted", n_documents=10**9),
+        eval_corpus=CorpusConfig(source="hf", path="Skylion007/openwebtext", n_documents=10**6),
+        d_sae=65536,
+        k_values=[20, 40, 80, 160, 320],
+        matched_k=40,
+        n_tokens=500_000_000,
+        steps=500_000_000 // 2048,
+        batch_size=2048,
+        context_size=1024,
+        eval_context_size=128,
+        eval_contexts=512,
+        device="cuda",
+        needs_gpu=True,
+    ),
+    "default": SweepConfig(
+        model_name="smollm2-135m-instruct",
+        hook_name="blocks.15.hook_resid_post",
+        corpus=STORIES,
+        eval_corpus=HELD_OUT_STORIES,
+        d_sae=2304,
+        k_values=[10, 20, 40, 80],
+        matched_k=40,
+        n_tokens=600_000,
+        steps=1500,
+        batch_size=1024,
+        warmup_steps=150,
+        dead_after_tokens=200_000,
+        threshold_start_step=300,
+        threshold_beta=0.99,
+        eval_contexts=64,
+    ),
+    "smoke": SweepConfig(
+        model_name="smollm2-135m-instruct",
+        hook_name="blocks.15.hook_resid_post",
+        corpus=replace(STORIES, n_documents=400),
+        eval_corpus=replace(HELD_OUT_STORIES, n_documents=100),
+        d_sae=256,
+        k_values=[8, 16],
+        matched_k=16,
+        n_tokens=12_000,
+        steps=60,
+        batch_size=256,
+        context_size=128,
+        warmup_steps=10,
+        dead_after_tokens=5_000,
+        threshold_start_step=20,
+        threshold_beta=0.9,
+        eval_contexts=8,
+    ),
+}
+
+
+def sweep_config(profile: str, **overrides: Any) -> SweepConfig:
+    """The config of ``profile`` with ``overrides`` (``None`` values are ignored)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    return replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_device(config: SweepConfig) -> None:
+    if config.needs_gpu and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"this profile runs {config.model_name} and needs a CUDA GPU, and none is available here; "
+            "use the default profile on a CPU"
+        )
+
+
+def sae_configs(config: SweepConfig) -> dict[str, MatryoshkaConfig]:
+    """The main sweep: for each k, a BatchTopK and a Matryoshka SAE of width d_sae."""
+    groups = group_sizes_from_fractions(config.d_sae, config.group_fractions)
+    shared = dict(
+        d_in=0, d_sae=config.d_sae, dead_after_tokens=config.dead_after_tokens,
+        threshold_start_step=config.threshold_start_step, threshold_beta=config.threshold_beta, seed=config.seed,
+        model_name=config.model_name, hook_name=config.hook_name,
+    )
+    configs = {}
+    for k in config.k_values:
+        configs[f"batchtopk_k{k}"] = dict(shared, k=k)
+        configs[f"matryoshka_k{k}"] = dict(shared, k=k, group_sizes=groups)
+    return configs
+
+
+class SweepResults:
+    """``metrics[name]`` for every SAE of the sweep, and where each one lives."""
+
+    def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict]):
+        self.folder, self.config, self.metrics = folder, config, metrics
+
+    def sae_path(self, name: str) -> Path:
+        return self.folder / name / "sae"
+
+    def names(self, architecture: str) -> list[str]:
+        """Main-sweep SAEs of one architecture, by increasing k."""
+        return [f"{architecture}_k{k}" for k in self.config.k_values]
+
+    def matched_batchtopk(self, prefix: dict, k: int) -> dict:
+        """Metrics of the BatchTopK SAE matched to a prefix of ``matryoshka_k{k}`` (Fig 13); the
+        full-width prefix is matched by the main sweep's BatchTopK SAE with the same k."""
+        if prefix["width"] == self.config.d_sae:
+            return self.metrics[f"batchtopk_k{k}"]
+        return next(m for n, m in self.metrics.items() if n.startswith(f"batchtopk_w{prefix['width']}_"))
+
+    def table(self, names: list[str], columns: list[str]) -> str:
+        """Key numbers of the named SAEs, as text."""
+        return format_table([{"sae": name, **self.metrics[name]} for name in names], ["sae", *columns])
+
+
+def run_sweep(
+    config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None
+) -> SweepResults:
+    """Run (or finish) the sweep; ``model`` overrides loading ``config.model_name`` (tests pass
+    small stand-ins of the same architecture)."""
+    check_device(config)
+    runs_dir = Path(runs_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else runs_dir / "cache"
+    folder = runs_dir / "sweeps" / config.name()
+    results_path = folder / "results.json"
+    metrics: dict[str, dict] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    if model is None:
+        model = load_model(config.model_name, cache_dir, config.device)
+    activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress)
+    write_json(folder / "config.json", asdict(config))
+    eval_set = build_eval_set(
+        model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
+        config.exclude_first, config.prepend_bos,
+    )
+
+    def run(name: str, fields: dict, prefixes: list[int] | None = None) -> dict:
+        stream = CachedActivations(activations, config.batch_size, seed=config.seed)
+        stream.check(stream.d_model, config.model_name, config.hook_name)
+        sae = MatryoshkaBatchTopKSAE(MatryoshkaConfig(**{**fields, "d_in": stream.d_model}))
+        trained = train(sae, stream, config.train_config(), folder / name, progress, description=name).sae
+        if name not in metrics:
+            metrics[name] = {"config": trained.export_config(), **evaluate_sae(trained, model, eval_set, prefixes)}
+            write_json(results_path, metrics)
+        return metrics[name]
+
+    for name, fields in sae_configs(config).items():
+        prefixes = prefix_ends(fields["group_sizes"]) if "group_sizes" in fields else None
+        run(name, fields, prefixes)
+
+    # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
+    matched = metrics[f"matryoshka_k{config.matched_k}"]
+    for prefix in matched["prefixes"][:-1]:
+        k = max(1, round(prefix["l0"]))
+        fields = dict(sae_configs(config)[f"batchtopk_k{config.matched_k}"], d_sae=prefix["width"], k=k)
+        run(f"batchtopk_w{prefix['width']}_k{k}", fields)
+    return SweepResults(folder, config, metrics)

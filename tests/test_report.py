@@ -1,0 +1,9 @@
+from msae.report import format_table
+
+
+def test_format_table_aligns_and_rounds():
+    text = format_table([{"name": "a", "x": 0.12345, "n": 3}, {"name": "long name", "x": 10.0, "n": 12}], ["name", "x", "n"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "x", "n"]
+    assert lines[1].split() == ["a", "0.123", "3"] and lines[2].split() == ["long", "name", "10.000", "12"]
+    assert len({len(line) for line in lines}) == 1  # every line the same width

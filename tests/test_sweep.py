@@ -1,0 +1,70 @@
+"""The sweep end to end on the paper profile's code path (Hugging Face datasets reader,
+Gemma-2-shaped model) with offline stand-ins: local text files and a tiny random model."""
+
+import json
+
+import pytest
+
+from lm_helpers import tiny_model
+from msae import sweep
+from msae.activations import CorpusConfig
+from msae.stories import generate_stories
+
+
+@pytest.fixture(scope="module")
+def paper_like(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    for name, seed in (("train.txt", 0), ("eval.txt", 1)):
+        (folder / name).write_text("\n".join(s.text for s in generate_stories(150, seed)))
+    config = sweep.sweep_config(
+        "paper",
+        corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "train.txt")], n_documents=10**9),
+        eval_corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "eval.txt")], n_documents=10**9),
+        hook_name="blocks.1.hook_resid_post", d_sae=64, k_values=[2, 4], matched_k=4, n_tokens=1500, steps=30,
+        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
+        dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9, device="cpu", needs_gpu=False,
+    )
+    runs = tmp_path_factory.mktemp("runs")
+    model = tiny_model("gemma2")
+    return config, runs, model, sweep.run_sweep(config, runs, progress=False, model=model)
+
+
+def test_sweep_trains_evaluates_and_matches_prefixes(paper_like):
+    config, runs, model, results = paper_like
+    expected = {"batchtopk_k2", "matryoshka_k2", "batchtopk_k4", "matryoshka_k4"}
+    assert expected <= set(results.metrics)
+    prefixes = results.metrics["matryoshka_k4"]["prefixes"]
+    assert [p["width"] for p in prefixes] == [2, 6, 14, 30, 64]
+    for prefix in prefixes:
+        other = results.matched_batchtopk(prefix, 4)
+        assert other["config"]["d_sae"] == prefix["width"]
+        assert other["config"]["k"] == max(1, round(prefix["l0"]))
+    for name in expected:
+        m = results.metrics[name]
+        # one evaluation set for all (a random model's clean CE need not beat zero-ablation)
+        assert m["ce_clean"] == results.metrics["batchtopk_k2"]["ce_clean"] and m["ce_sae"] > 0
+        assert 0 <= m["fraction_alive"] <= 1 and len(m["frequency"]) == 64
+        assert results.sae_path(name).joinpath("cfg.json").is_file()
+    assert json.loads((results.folder / "config.json").read_text())["model_name"] == "gemma-2-2b"
+
+
+def test_a_second_run_reuses_everything(paper_like, monkeypatch):
+    config, runs, model, results = paper_like
+    import msae.sweep as module
+
+    monkeypatch.setattr(module, "evaluate_sae", lambda *a, **k: pytest.fail("re-evaluated"))
+    again = sweep.run_sweep(config, runs, progress=False, model=model)
+    assert again.metrics == results.metrics
+
+
+def test_gpu_profile_without_a_gpu_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        sweep.run_sweep(sweep.sweep_config("paper"), tmp_path)
+
+
+def test_bad_profiles_and_configs():
+    with pytest.raises(ValueError, match="unknown profile 'big'"):
+        sweep.sweep_config("big")
+    with pytest.raises(ValueError, match="matched_k=7 must be one of"):
+        sweep.sweep_config("smoke", matched_k=7)
