@@ -261,3 +261,76 @@ class CachedActivations:
     def describe(self) -> dict[str, Any]:
         return {"kind": "activations", "cache": self.folder.name, "n_tokens": self.n_tokens,
                 "batch_size": self.batch_size, "seed": self.seed}
+
+
+class LiveActivations:
+    """Activations computed on the fly, for runs too long to cache (the paper's 500M tokens).
+
+    Contexts are run through the model in order; their kept activations go into a buffer of
+    ``buffer_tokens`` (the paper used 250k), which is refilled when half empty and then shuffled;
+    batches are served from it. ``state_dict`` records how many contexts were used: a resumed
+    stream continues on the next unseen contexts with a fresh buffer (it does not replay the
+    buffered tokens, so it is not bit-identical to an uninterrupted run).
+    """
+
+    def __init__(self, model, config: ActivationConfig, batch_size: int, buffer_tokens: int = 250_000, seed: int = 0):
+        from .lm import check_hook_name
+
+        if buffer_tokens < 2 * batch_size:
+            raise ValueError(f"buffer_tokens={buffer_tokens} must hold at least two batches of {batch_size}")
+        self.model, self.config = model, config
+        self.layer = check_hook_name(model, config.hook_name)
+        self.batch_size, self.buffer_tokens, self.seed = batch_size, buffer_tokens, seed
+        self.special = sorted(set(model.tokenizer.all_special_ids))
+        self.generator = torch.Generator().manual_seed(seed)
+        self._restart(contexts_used=0)
+
+    def _restart(self, contexts_used: int) -> None:
+        docs = iter_documents(self.config.corpus)
+        self.contexts = iter_contexts(docs, self.model.tokenizer, self.config.context_size, self.config.prepend_bos)
+        for _ in range(contexts_used):  # fast-forward: tokenising only
+            next(self.contexts)
+        self.contexts_used = contexts_used
+        self.buffer = torch.empty(0, self.model.cfg.d_model)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.cfg.d_model)
+
+    def check(self, d_in: int, model_name: str | None = None, hook_name: str | None = None) -> None:
+        if self.d_model != d_in:
+            raise ValueError(f"the model's activations have width {self.d_model}, the SAEs expect {d_in}")
+        if hook_name is not None and hook_name != self.config.hook_name:
+            raise ValueError(f"the stream reads {self.config.hook_name!r}, not {hook_name!r}")
+
+    def _refill(self) -> None:
+        fresh = [self.buffer]
+        have = len(self.buffer)
+        while have < self.buffer_tokens:
+            batch = [c for _, c in zip(range(self.config.batch_contexts), self.contexts)]
+            if not batch:
+                if have < self.batch_size:
+                    raise DataUnavailableError(f"the corpus ran out after {self.contexts_used} contexts")
+                break
+            self.contexts_used += len(batch)
+            acts, _ = _run_shard(self.model, torch.stack(batch), self.config, self.layer, self.special)
+            fresh.append(torch.from_numpy(acts))
+            have += len(acts)
+        self.buffer = torch.cat(fresh)
+        self.buffer = self.buffer[torch.randperm(len(self.buffer), generator=self.generator)]
+
+    def next_batch(self) -> torch.Tensor:
+        if len(self.buffer) < max(self.buffer_tokens // 2, self.batch_size):
+            self._refill()
+        batch, self.buffer = self.buffer[: self.batch_size], self.buffer[self.batch_size :]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"contexts_used": self.contexts_used}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restart(int(state["contexts_used"]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "live activations", "config": asdict(self.config), "buffer_tokens": self.buffer_tokens,
+                "batch_size": self.batch_size, "seed": self.seed}

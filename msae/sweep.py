@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from .activations import ActivationConfig, CachedActivations, CorpusConfig, collect_activations
+from .activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
 from .checkpoint import write_json
 from .lm import load_model
 from .lm_eval import build_eval_set, evaluate_sae
 from .report import format_table
 from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from .train import TrainConfig, train
+from .train import TrainConfig, train_many
 
 
 @dataclass
@@ -59,11 +59,15 @@ class SweepConfig:
     threshold_beta: float = 0.999  # shorter runs need a faster EMA to settle
     exclude_first: int = 1
     prepend_bos: bool = False
+    storage: str = "disk"  # "disk": collect once and reuse; "live": compute into a shuffled buffer
+    buffer_tokens: int = 250_000  # live storage only
     device: str = "cpu"
     needs_gpu: bool = False
     seed: int = 0
 
     def __post_init__(self):
+        if self.storage not in ("disk", "live"):
+            raise ValueError(f"storage must be 'disk' or 'live', got {self.storage!r}")
         if self.matched_k not in self.k_values:
             raise ValueError(f"matched_k={self.matched_k} must be one of k_values={self.k_values}")
 
@@ -102,6 +106,7 @@ PROFILES = {
         context_size=1024,
         eval_context_size=128,
         eval_contexts=512,
+        storage="live",
         device="cuda",
         needs_gpu=True,
     ),
@@ -212,31 +217,40 @@ def run_sweep(
 
     if model is None:
         model = load_model(config.model_name, cache_dir, config.device)
-    activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress)
+    if config.storage == "disk":
+        activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress)
     write_json(folder / "config.json", asdict(config))
     eval_set = build_eval_set(
         model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
         config.exclude_first, config.prepend_bos,
     )
 
-    def run(name: str, fields: dict, prefixes: list[int] | None = None) -> dict:
-        stream = CachedActivations(activations, config.batch_size, seed=config.seed)
-        stream.check(stream.d_model, config.model_name, config.hook_name)
-        sae = MatryoshkaBatchTopKSAE(MatryoshkaConfig(**{**fields, "d_in": stream.d_model}))
-        trained = train(sae, stream, config.train_config(), folder / name, progress, description=name).sae
-        if name not in metrics:
-            metrics[name] = {"config": trained.export_config(), **evaluate_sae(trained, model, eval_set, prefixes)}
-            write_json(results_path, metrics)
-        return metrics[name]
+    def stream():
+        if config.storage == "live":
+            data = LiveActivations(model, config.activation_config(), config.batch_size, config.buffer_tokens, config.seed)
+        else:
+            data = CachedActivations(activations, config.batch_size, seed=config.seed)
+        data.check(data.d_model, config.model_name, config.hook_name)
+        return data
 
-    for name, fields in sae_configs(config).items():
-        prefixes = prefix_ends(fields["group_sizes"]) if "group_sizes" in fields else None
-        run(name, fields, prefixes)
+    def train_and_evaluate(group: dict[str, dict], description: str) -> None:
+        """Train the SAEs of ``group`` together on one stream, then evaluate the new ones."""
+        data = stream()
+        saes = {name: MatryoshkaBatchTopKSAE(MatryoshkaConfig(**{**fields, "d_in": data.d_model})) for name, fields in group.items()}
+        trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
+        for name, result in trained.items():
+            if name not in metrics:
+                groups = group[name].get("group_sizes")
+                metrics[name] = {"config": result.sae.export_config(),
+                                 **evaluate_sae(result.sae, model, eval_set, prefix_ends(groups) if groups else None)}
+                write_json(results_path, metrics)
 
+    train_and_evaluate(sae_configs(config), "sweep")
     # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
-    matched = metrics[f"matryoshka_k{config.matched_k}"]
-    for prefix in matched["prefixes"][:-1]:
+    reference = sae_configs(config)[f"batchtopk_k{config.matched_k}"]
+    matched = {}
+    for prefix in metrics[f"matryoshka_k{config.matched_k}"]["prefixes"][:-1]:
         k = max(1, round(prefix["l0"]))
-        fields = dict(sae_configs(config)[f"batchtopk_k{config.matched_k}"], d_sae=prefix["width"], k=k)
-        run(f"batchtopk_w{prefix['width']}_k{k}", fields)
+        matched[f"batchtopk_w{prefix['width']}_k{k}"] = dict(reference, d_sae=prefix["width"], k=k)
+    train_and_evaluate(matched, "prefix-matched BatchTopK")
     return SweepResults(folder, config, metrics)

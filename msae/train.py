@@ -123,6 +123,135 @@ def optimization_step(
     return out
 
 
+class _Run:
+    """One SAE's side of a training loop: its optimizer, checkpoint, history and results."""
+
+    def __init__(self, name: str, sae: SparseAutoencoder, data: DataSource, config: TrainConfig, run_dir):
+        self.name, self.sae, self.config = name, sae, config
+        sae.to(torch.device(config.device))
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=config.betas)
+        self.run_config = {"sae": sae.export_config(), "train": asdict(config), "data": data.describe()}
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.path = self.run_dir / CHECKPOINT_FILE if self.run_dir else None
+        self.start, self.scale, self.history, self.finished, self.data_state = 0, None, [], False, None
+        self.last_saved = 0
+
+    def restore(self) -> None:
+        """Load this run's checkpoint, if it has one."""
+        if self.path is None or not self.path.exists():
+            return
+        state = load_checkpoint(self.path, expected_config=self.run_config)
+        try:
+            self.sae.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {self.path} does not fit this SAE ({error})") from error
+        self.start = self.last_saved = state["step"]
+        self.scale, self.history, self.finished, self.data_state = (
+            state["input_scale"], state["history"], state["finished"], state["data"])
+
+    def save(self, step: int, data: DataSource, finished: bool = False) -> None:
+        if self.path is None:
+            return
+        if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
+            raise NonFiniteError(f"{self.name}: parameters are not finite at step {step}; its checkpoint was not overwritten")
+        save_checkpoint(self.path, {
+            "step": step, "finished": finished, "config": self.run_config, "model": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "data": data.state_dict(), "input_scale": self.scale,
+            "history": self.history,
+        })
+        self.last_saved = step
+
+    def log(self, done: int, out, x: torch.Tensor) -> dict[str, float]:
+        entry = _log_entry(done, out, x)
+        if not math.isfinite(entry["loss"]):
+            where = f"; its checkpoint in {self.run_dir} still holds step {self.last_saved}" if self.run_dir else ""
+            raise NonFiniteError(f"{self.name}: the loss became {entry['loss']} by step {done - 1}{where}")
+        self.history.append(entry)
+        return entry
+
+    def finish(self, data: DataSource) -> None:
+        self.sae.fold_input_scale(self.scale)
+        if self.run_dir is not None:
+            save_sae(self.sae, self.run_dir / "sae")
+            write_json(self.run_dir / "history.json", self.history)
+            self.save(self.config.steps, data, finished=True)
+
+
+def train_many(
+    saes: dict[str, SparseAutoencoder],
+    data: DataSource,
+    config: TrainConfig,
+    run_dirs: dict[str, str | Path | None] | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> dict[str, TrainResult]:
+    """Train several SAEs in lockstep on one data stream: every batch is read once and used by
+    all of them, so they see the same data in the same order. Each SAE keeps its own run folder
+    (``run_dirs[name]``), checkpoints and results, exactly as :func:`train` writes them."""
+    run_dirs = run_dirs or {}
+    runs = [_Run(name, sae, data, config, run_dirs.get(name)) for name, sae in saes.items()]
+    for run in runs:
+        run.restore()
+    pending = [run for run in runs if not run.finished]
+    starts = sorted({run.start for run in pending})
+    if len(starts) > 1:
+        raise CheckpointError(
+            f"the SAEs trained together here were saved at different steps {starts}; "
+            "delete the run folders of the ones to restart, or train them separately"
+        )
+    if pending:
+        start = starts[0]
+        if start > 0:
+            data.load_state_dict(pending[0].data_state)
+            scale = pending[0].scale
+        else:
+            scale = estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm) if config.normalize_inputs else 1.0
+            for run in pending:
+                if run.run_dir is not None:
+                    write_json(run.run_dir / "config.json", run.run_config)
+        for run in pending:
+            run.scale = scale
+        _loop(pending, data, config, start, scale, progress, description)
+        for run in pending:
+            run.finish(data)
+    return {
+        run.name: TrainResult(run.sae, run.history, run.scale, run.start if run.start and run in pending else None)
+        for run in runs
+    }
+
+
+def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, scale: float, progress, description) -> None:
+    device = torch.device(config.device)
+    label = description if len(runs) == 1 else f"{description} ({len(runs)} SAEs)"
+    bar = tqdm(total=config.steps, initial=start, desc=label, disable=not progress, mininterval=2.0)
+    with bar, _deferred_interrupt() as interrupted:
+        for step in range(start, config.steps):
+            batch = data.next_batch()
+            if not _all_finite(batch):
+                for run in runs:  # the SAEs have not seen this batch: their state is good
+                    run.save(step, data)
+                saved = f"; the checkpoints hold the state after step {step}" if runs[0].run_dir else ""
+                raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
+            x = batch.to(device, non_blocking=True) * scale
+            done = step + 1
+            for i, run in enumerate(runs):
+                if step == 0:
+                    run.sae.initialize_from_batch(x)
+                out = optimization_step(run.sae, run.optimizer, x, step, config)
+                if done % config.log_every == 0 or done == config.steps:
+                    entry = run.log(done, out, x)
+                    if i == 0:
+                        bar.set_postfix(loss=f"{entry['loss']:.4g}", l0=f"{entry['l0']:.1f}",
+                                        ve=f"{entry['variance_explained']:.3f}", refresh=False)
+            bar.update(1)
+            if done % config.checkpoint_every == 0 or interrupted.is_set():
+                for run in runs:
+                    run.save(done, data)
+            if interrupted.is_set():
+                raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
+
+
 def train(
     sae: SparseAutoencoder,
     data: DataSource,
@@ -133,94 +262,7 @@ def train(
 ) -> TrainResult:
     """Train ``sae`` in place on ``data``; see the module docstring. With ``run_dir`` the run is
     checkpointed there and a finished run is reloaded instead of retrained."""
-    device = torch.device(config.device)
-    sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=config.betas)
-    run_config = {"sae": sae.export_config(), "train": asdict(config), "data": data.describe()}
-    run_dir = Path(run_dir) if run_dir is not None else None
-    checkpoint_path = run_dir / CHECKPOINT_FILE if run_dir else None
-
-    start, scale, history, resumed_from = 0, 1.0, [], None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, expected_config=run_config)
-        _restore(sae, optimizer, data, state, checkpoint_path)
-        start, scale, history = state["step"], state["input_scale"], state["history"]
-        if state["finished"]:
-            return TrainResult(sae, history, scale, start)
-        resumed_from = start
-    else:
-        if config.normalize_inputs:
-            scale = estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm)
-        if run_dir is not None:
-            write_json(run_dir / "config.json", run_config)
-
-    def checkpoint(step: int, finished: bool = False) -> None:
-        if checkpoint_path is None:
-            return
-        if not all(torch.isfinite(p).all() for p in sae.parameters()):
-            raise NonFiniteError(f"parameters are not finite at step {step}; the checkpoint was not overwritten")
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "step": step,
-                "finished": finished,
-                "config": run_config,
-                "model": sae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "data": data.state_dict(),
-                "input_scale": scale,
-                "history": history,
-            },
-        )
-
-    last_saved = start
-    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, mininterval=2.0)
-    with bar, _deferred_interrupt() as interrupted:
-        for step in range(start, config.steps):
-            batch = data.next_batch()
-            if not _all_finite(batch):
-                checkpoint(step)  # the model has not seen this batch: its state is good
-                raise NonFiniteError(
-                    f"the batch for step {step} contains NaN or inf; training stopped"
-                    + (f"; the checkpoint in {run_dir} holds the state after step {step}" if run_dir else "")
-                )
-            x = batch.to(device, non_blocking=True) * scale
-            if step == 0:
-                sae.initialize_from_batch(x)
-            out = optimization_step(sae, optimizer, x, step, config)
-            done = step + 1
-
-            if done % config.log_every == 0 or done == config.steps:
-                entry = _log_entry(done, out, x)
-                if not math.isfinite(entry["loss"]):
-                    raise NonFiniteError(
-                        f"the loss became {entry['loss']} by step {step}; the checkpoint"
-                        + (f" in {run_dir} still holds step {last_saved}" if run_dir else "s were not written")
-                    )
-                history.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4g}", l0=f"{entry['l0']:.1f}", ve=f"{entry['variance_explained']:.3f}", refresh=False)
-            bar.update(1)
-            if done % config.checkpoint_every == 0 or interrupted.is_set():
-                checkpoint(done)
-                last_saved = done
-            if interrupted.is_set():
-                raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
-
-    sae.fold_input_scale(scale)
-    if run_dir is not None:
-        save_sae(sae, run_dir / "sae")
-        write_json(run_dir / "history.json", history)
-        checkpoint(config.steps, finished=True)
-    return TrainResult(sae, history, scale, resumed_from)
-
-
-def _restore(sae, optimizer, data, state, path) -> None:
-    try:
-        sae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data.load_state_dict(state["data"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} does not fit this SAE or data ({error})") from error
+    return train_many({description: sae}, data, config, {description: run_dir}, progress, description)[description]
 
 
 def _log_entry(step: int, out, x: torch.Tensor) -> dict[str, float]:

@@ -120,3 +120,23 @@ def test_text_folder_and_local_hf_files(model, tmp_path):
         list(iter_documents(CorpusConfig(source="hf", path="text", data_files=[str(folder / "a.txt")], column="body")))
     with pytest.raises(DataUnavailableError, match="could not be read"):
         list(iter_documents(CorpusConfig(source="hf", path=str(tmp_path / "no-such-dataset"))))
+
+
+def test_live_stream_serves_the_models_activations_shuffled(model, tmp_path):
+    from msae.activations import LiveActivations
+
+    cfg = config()
+    cached = torch.from_numpy(np.concatenate([np.load(f) for f in sorted(collect_activations(model, cfg, tmp_path, progress=False).glob("shard_*.npy"))]))
+    live = LiveActivations(model, cfg, batch_size=50, buffer_tokens=200, seed=1)
+    rows = torch.cat([live.next_batch() for _ in range(6)])
+    distance = torch.cdist(rows, cached).min(1).values
+    assert distance.max() < 1e-4  # every served row is an activation of the corpus
+    assert not torch.equal(rows[:50], cached[:50])  # but not in corpus order
+    used = live.state_dict()["contexts_used"]
+    assert used > 0
+    resumed = LiveActivations(model, cfg, batch_size=50, buffer_tokens=200, seed=1)
+    resumed.load_state_dict({"contexts_used": used})
+    resumed.next_batch()
+    assert resumed.state_dict()["contexts_used"] > used  # continues on unseen contexts
+    with pytest.raises(ValueError, match="at least two batches"):
+        LiveActivations(model, cfg, batch_size=150, buffer_tokens=200)

@@ -140,3 +140,30 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, seed):
         train(matryoshka(seed), Data(seed, interrupt_at=call_of_step(7)), config(), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="train.lr is 0.003 in the checkpoint but 0.001 now"):
         train(matryoshka(seed), Data(seed), config(lr=1e-3), tmp_path, progress=False)
+
+
+def test_lockstep_training_equals_separate_runs_and_resumes(tmp_path, seed):
+    from msae.train import train_many
+
+    separate = {name: train(make(seed), Data(seed), config(), progress=False).sae
+                for name, make in (("m", matryoshka), ("l", l1))}
+    with pytest.raises(KeyboardInterrupt):
+        train_many({"m": matryoshka(seed), "l": l1(seed)}, Data(seed, interrupt_at=call_of_step(20)), config(),
+                   {"m": tmp_path / "m", "l": tmp_path / "l"}, progress=False)
+    together = train_many({"m": matryoshka(seed), "l": l1(seed)}, Data(seed), config(),
+                          {"m": tmp_path / "m", "l": tmp_path / "l"}, progress=False)
+    for name, sae in separate.items():
+        assert together[name].resumed_from == 21
+        for key, tensor in sae.state_dict().items():
+            if isinstance(tensor, torch.Tensor):
+                assert torch.equal(tensor, together[name].sae.state_dict()[key]), (name, key)
+
+
+def test_lockstep_refuses_runs_saved_at_different_steps(tmp_path, seed):
+    from msae.train import train_many
+
+    with pytest.raises(KeyboardInterrupt):
+        train(matryoshka(seed), Data(seed, interrupt_at=call_of_step(9)), config(), tmp_path / "m", progress=False)
+    with pytest.raises(CheckpointError, match=r"different steps \[0, 10\]"):
+        train_many({"m": matryoshka(seed), "l": l1(seed)}, Data(seed), config(),
+                   {"m": tmp_path / "m", "l": tmp_path / "l"}, progress=False)
