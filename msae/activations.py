@@ -51,6 +51,19 @@ class CorpusConfig:
             raise ValueError(f"a {self.source!r} corpus needs a path")
 
 
+def corpus_from_spec(spec: str | None, n_documents: int = 10**9) -> CorpusConfig | None:
+    """A corpus from a short string, for notebook parameters: ``None`` (keep the profile's),
+    ``"hf:<dataset name>"`` (streamed from the Hugging Face hub, column "text") or the path of a
+    folder of .txt files."""
+    if spec is None:
+        return None
+    if spec.startswith("hf:"):
+        return CorpusConfig(source="hf", path=spec[3:], n_documents=n_documents)
+    if not Path(spec).is_dir():
+        raise DataUnavailableError(f"corpus {spec!r} is neither 'hf:<dataset>' nor an existing folder of .txt files")
+    return CorpusConfig(source="text_dir", path=str(Path(spec).resolve()), n_documents=n_documents)
+
+
 def iter_documents(corpus: CorpusConfig) -> Iterator[str]:
     if corpus.source == "stories":
         for story in generate_stories(corpus.n_documents, corpus.seed):

@@ -140,3 +140,14 @@ def test_live_stream_serves_the_models_activations_shuffled(model, tmp_path):
     assert resumed.state_dict()["contexts_used"] > used  # continues on unseen contexts
     with pytest.raises(ValueError, match="at least two batches"):
         LiveActivations(model, cfg, batch_size=150, buffer_tokens=200)
+
+
+def test_corpus_specs(tmp_path):
+    from msae.activations import corpus_from_spec
+
+    assert corpus_from_spec(None) is None
+    hf = corpus_from_spec("hf:monology/pile-uncopyrighted")
+    assert (hf.source, hf.path, hf.column) == ("hf", "monology/pile-uncopyrighted", "text")
+    assert corpus_from_spec(str(tmp_path)).source == "text_dir"
+    with pytest.raises(DataUnavailableError, match="neither"):
+        corpus_from_spec(str(tmp_path / "missing"))
