@@ -163,11 +163,12 @@ def check_device(config: SweepConfig) -> None:
         )
 
 
-def sae_configs(config: SweepConfig) -> dict[str, MatryoshkaConfig]:
-    """The main sweep: for each k, a BatchTopK and a Matryoshka SAE of width d_sae."""
+def sae_configs(config: SweepConfig) -> dict[str, dict[str, Any]]:
+    """The main sweep: for each k, a BatchTopK and a Matryoshka SAE of width d_sae, as
+    MatryoshkaConfig fields (all but d_in, which the activations give)."""
     groups = group_sizes_from_fractions(config.d_sae, config.group_fractions)
     shared = dict(
-        d_in=0, d_sae=config.d_sae, dead_after_tokens=config.dead_after_tokens,
+        d_sae=config.d_sae, dead_after_tokens=config.dead_after_tokens,
         threshold_start_step=config.threshold_start_step, threshold_beta=config.threshold_beta, seed=config.seed,
         model_name=config.model_name, hook_name=config.hook_name,
     )
