@@ -86,32 +86,43 @@ def loss_recovered(ce_sae: float, ce_clean: float, ce_zero: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_sae(sae, model, eval_set: EvalSet, prefix_ends: list[int] | None = None) -> dict:
+def evaluate_sae(sae, model, eval_set: EvalSet, prefix_ends: list[int] | None = None, chunk: int = 4096) -> dict:
     """The core metrics of ``sae`` on ``eval_set``; with ``prefix_ends``, also those of each
-    prefix (the first m latents alone, with the same codes)."""
-    sae = sae.to("cpu").eval()
+    prefix (the first m latents alone, with the same codes). Tokens are encoded ``chunk`` at a
+    time on the SAE's device, so wide dictionaries fit in memory."""
+    sae.eval()
+    device = next(sae.parameters()).device
     x = eval_set.x
-    acts = sae.encode(x)  # (n_kept, d_sae)
-    result = _reconstruction_metrics(sae, model, eval_set, acts)
+    widths = list(prefix_ends or []) + [sae.d_sae]
+    x_hats = [torch.empty_like(x) for _ in widths]  # one reconstruction per prefix, then the full one
+    l0s = [0.0 for _ in widths]
+    fired = torch.zeros(sae.d_sae)
+    for start in range(0, len(x), chunk):
+        acts = sae.encode(x[start : start + chunk].to(device))  # (chunk, d_sae)
+        fired += (acts != 0).sum(0).float().cpu()
+        for i, width in enumerate(widths):
+            kept = acts[:, :width]
+            l0s[i] += float((kept != 0).sum())
+            x_hats[i][start : start + chunk] = (kept @ sae.W_dec[:width] + sae.b_dec).cpu()
+    frequency = fired / len(x)
+    result = _reconstruction_metrics(model, eval_set, x_hats[-1], l0s[-1] / len(x))
     result.update(
-        fraction_alive=metrics.fraction_alive(acts),
+        fraction_alive=float((frequency > 0).float().mean()),
         mean_max_cosine=metrics.mean_max_decoder_cosine(sae.W_dec),
-        frequency=(acts != 0).float().mean(0).tolist(),
+        frequency=frequency.tolist(),
     )
     if prefix_ends:
-        result["prefixes"] = []
-        for end in prefix_ends:
-            truncated = acts.clone()
-            truncated[:, end:] = 0
-            result["prefixes"].append({"width": end, **_reconstruction_metrics(sae, model, eval_set, truncated)})
+        result["prefixes"] = [
+            {"width": width, **_reconstruction_metrics(model, eval_set, x_hat, l0 / len(x))}
+            for width, x_hat, l0 in zip(widths[:-1], x_hats[:-1], l0s[:-1])
+        ]
     return result
 
 
-def _reconstruction_metrics(sae, model, eval_set: EvalSet, acts: torch.Tensor) -> dict:
-    x_hat = sae.decode(acts)
+def _reconstruction_metrics(model, eval_set: EvalSet, x_hat: torch.Tensor, l0: float) -> dict:
     ce_sae = cross_entropy_with(model, eval_set, x_hat)
     return {
-        "l0": metrics.l0(acts),
+        "l0": l0,
         "variance_explained": metrics.variance_explained(eval_set.x, x_hat),
         "ce_clean": eval_set.ce_clean,
         "ce_zero": eval_set.ce_zero,
