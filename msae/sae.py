@@ -164,6 +164,7 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         with torch.no_grad():
             self.b_dec.copy_(geometric_median(x))
 
+    @torch.no_grad()  # W_dec requires grad: without this the gradients would chain step to step
     def before_optimizer_step(self) -> None:
         """Remove the part of each decoder row's gradient that would change its norm."""
         W, grad = self.W_dec, self.W_dec.grad

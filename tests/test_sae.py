@@ -158,6 +158,7 @@ def test_gradient_projection_keeps_decoder_rows_unit_norm(gen, seed):
         out = sae.training_step(torch.randn(32, 24, generator=gen) * 3, step)
         out.loss.backward()
         sae.before_optimizer_step()
+        assert sae.W_dec.grad.grad_fn is None  # no graph attached to the gradient (it leaked memory)
         radial = (sae.W_dec.grad * sae.W_dec).sum(1)
         assert radial.abs().max() < 1e-5 * sae.W_dec.grad.norm(dim=1).max()
         optimizer.step()
