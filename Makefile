@@ -20,12 +20,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# Each notebook runs in place, so the committed notebooks show the default profile's results.
+# Each notebook runs in place, so the committed notebooks show the default profile's results;
+# progress bars are then collapsed to their final state, as Jupyter shows them.
 reproduce: $(STAMP)
 	@mkdir -p figures
 	@for nb in $(NOTEBOOKS); do \
 		echo "== $$nb"; \
 		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd notebooks $$nb $$nb || exit 1; \
+		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \
 	done
 
 test: unit-test notebook-test

@@ -14,10 +14,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# transformer-lens imports tqdm.auto, which warns in notebooks without ipywidgets; our own
+# progress bars are plain text, so the warning says nothing useful.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
