@@ -52,8 +52,21 @@ notebook-test: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/matryoshka_step.py
+# The speed benchmark, beside the paper's own trainer (dictionary_learning 0.1.0), in a separate
+# venv: dictionary_learning's dependencies pull a newer torch and torchvision, so the CPU torch
+# is put back and torchvision (which fails to import beside it, and is not used) removed.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet dictionary_learning==0.1.0
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0 safetensors scipy tqdm
+	$(BENCH_VENV)/bin/pip uninstall --quiet -y torchvision
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/train_speed.py
 
 # Optional: load our saved SAEs with SAELens itself, in a separate venv (sae-lens's pins are its own).
 interop: $(STAMP)

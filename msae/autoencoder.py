@@ -17,9 +17,15 @@ class StepOutput(NamedTuple):
     """What one training step returns. ``stats`` hold 0-dim tensors (no host sync)."""
 
     loss: torch.Tensor
-    acts: torch.Tensor  # (B, d_sae) the activations the loss used
+    acts: Any  # (B, d_sae) tensor, or msae.sparse.ActiveLatents from a sparse step
     residual: torch.Tensor  # (B, d_in) x - x_hat of the full dictionary, detached
     stats: dict[str, torch.Tensor]
+
+    def dense_acts(self) -> torch.Tensor:
+        """The activations the loss used, as a (B, d_sae) tensor."""
+        if isinstance(self.acts, torch.Tensor):
+            return self.acts
+        return self.acts.to_dense()
 
 
 class SparseAutoencoder(nn.Module):

@@ -53,6 +53,11 @@ def cumulative_prefix_mse(
 class _CumulativePrefixMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, acts, W_dec, b_dec, x, ends, stop_gradient):
+        with torch.autocast(x.device.type, enabled=False):  # the loss stays in float32
+            return _CumulativePrefixMSE._forward(ctx, acts, W_dec, b_dec, x, ends, stop_gradient)
+
+    @staticmethod
+    def _forward(ctx, acts, W_dec, b_dec, x, ends, stop_gradient):
         batch = x.shape[0]
         starts = (0,) + ends[:-1]
         # residuals[g] = x - x_hat_g; each is the previous one minus one group's decode.
@@ -100,3 +105,75 @@ class _CumulativePrefixMSE(torch.autograd.Function):
         if need_b and not stop_gradient:
             grad_b = carried.sum(0)  # every prefix contains the bias
         return grad_acts, grad_W, grad_b, None, None, None
+
+
+def sparse_cumulative_prefix_mse(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor,
+    ends: Sequence[int],
+    stop_gradient: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cumulative_prefix_mse` for activations given as their non-zero entries.
+
+    ``acts[rows[e], cols[e]] = values[e]`` (row-major order, as ``msae.sparse.ActiveLatents``);
+    same results, differentiable in ``values``, ``W_dec`` and ``b_dec``. Each group's decode and
+    its backward touch only the active entries (``msae.sparse``), so the cost falls with k/d_sae.
+    """
+    ends = tuple(int(e) for e in ends)
+    if not ends or ends[-1] != W_dec.shape[0] or any(b <= a for a, b in zip((0,) + ends, ends)):
+        raise ValueError(f"prefix ends {list(ends)} must increase strictly up to d_sae={W_dec.shape[0]}")
+    return _SparseCumulativePrefixMSE.apply(rows, cols, values, W_dec, b_dec, x, ends, stop_gradient)
+
+
+class _SparseCumulativePrefixMSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, cols, values, W_dec, b_dec, x, ends, stop_gradient):
+        with torch.autocast(x.device.type, enabled=False):  # the loss stays in float32
+            return _SparseCumulativePrefixMSE._forward(ctx, rows, cols, values, W_dec, b_dec, x, ends, stop_gradient)
+
+    @staticmethod
+    def _forward(ctx, rows, cols, values, W_dec, b_dec, x, ends, stop_gradient):
+        from .sparse import sum_rows_by_row
+
+        batch, n_groups = x.shape[0], len(ends)
+        # Segment (group, row): the entries of group g in row b decode into contribution[g, b].
+        # Groups are column ranges and columns increase within a row, so a stable sort keeps
+        # each segment's columns increasing.
+        group = torch.bucketize(cols, torch.tensor(ends, device=cols.device), right=True)
+        segment = group * batch + rows
+        order = segment.argsort(stable=True)
+        segment, seg_cols, seg_values = segment[order], cols[order], values[order]
+        contribution = sum_rows_by_row(segment, seg_cols, seg_values, W_dec, n_groups * batch)
+        residuals = (x - b_dec) - contribution.view(n_groups, batch, -1).cumsum(0)  # x - x_hat_g
+        flat = residuals.flatten(1)
+        mse = torch.einsum("gi,gi->g", flat, flat) / batch
+        ctx.save_for_backward(order, segment, seg_cols, seg_values, W_dec, residuals)
+        ctx.stop_gradient = stop_gradient
+        residual = residuals[-1].detach().clone()
+        ctx.mark_non_differentiable(residual)
+        return mse, residual
+
+    @staticmethod
+    def backward(ctx, grad_mse, _grad_residual):
+        from .sparse import sampled_dot, sum_rows_by_col
+
+        order, segment, seg_cols, seg_values, W_dec, residuals = ctx.saved_tensors
+        n_groups, batch, d_in = residuals.shape
+        scaled = residuals * (grad_mse * (-2.0 / batch)).view(-1, 1, 1)  # d mse_g / d x_hat_g
+        # carried[g]: the gradient reaching group g's contribution, from every prefix containing
+        # it (its own prefix only under stop_gradient).
+        carried = scaled if ctx.stop_gradient else scaled.flip(0).cumsum(0).flip(0)
+        carried_rows = carried.reshape(n_groups * batch, d_in)
+        grad_values = grad_W = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.empty_like(seg_values)
+            grad_values[order] = sampled_dot(segment, seg_cols, carried_rows, W_dec)
+        if ctx.needs_input_grad[3]:
+            grad_W = sum_rows_by_col(segment, seg_cols, seg_values, carried_rows, W_dec.shape[0])
+        if ctx.needs_input_grad[4]:
+            grad_b = scaled.sum((0, 1))  # every prefix contains the bias
+        return None, None, grad_values, grad_W, grad_b, None, None, None

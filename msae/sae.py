@@ -9,6 +9,10 @@ one-group case.
 One global top-k is shared by every prefix. At inference, ``encode`` replaces the batch-level
 top-k with a JumpReLU whose single threshold is an EMA of the smallest activation the top-k
 kept during training, so a token's code does not depend on the rest of its batch.
+
+Two implementations of the training step give the same losses and gradients: a dense one,
+and a sparse one (``msae.sparse``) that works on the ``k*B`` active entries only and is much
+faster when k is small against d_sae. ``kernels="auto"`` picks by size.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import Any
 import torch
 
 from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions, geometric_median
-from .prefix_mse import cumulative_prefix_mse
+from .prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
+from .sparse import (
+    batch_top_k,
+    batch_top_k_active,
+    selected_pre_activations,
+    sparse_decode_error,
+)
 from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
 
 
@@ -68,18 +78,10 @@ class MatryoshkaConfig:
         return prefix_ends(self.group_sizes)
 
 
-def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k * B`` largest entries of the whole (B, d_sae) batch; zero the rest.
-
-    One global selection, so a token may keep more or fewer than ``k`` latents.
-    """
-    batch = pre.shape[0]
-    top = pre.flatten().topk(k * batch, sorted=False)
-    return torch.zeros_like(pre).flatten().scatter(0, top.indices, top.values).view_as(pre)
-
-
 class MatryoshkaBatchTopKSAE(SparseAutoencoder):
     architecture = "jumprelu"  # how SAELens runs it: ReLU then one threshold
+    # "dense", "sparse" or "auto". Not part of the config: it changes speed, not results.
+    kernels = "auto"
 
     def __init__(self, config: MatryoshkaConfig):
         super().__init__(config.d_in, config.d_sae)
@@ -118,31 +120,74 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
             return ends, self.group_weights.new_full((len(ends),), 1.0 / len(ends))
         return cfg.prefix_ends, self.group_weights
 
+    def uses_sparse_kernels(self) -> bool:
+        """Whether training steps run on the active entries only. The sparse step's cost is
+        ~k*d_in per token against ~d_sae*d_in for the dense one, with a larger constant and
+        fixed costs that dominate at toy sizes; measured by ``benchmarks/``."""
+        if self.kernels not in ("auto", "dense", "sparse"):
+            raise ValueError(f"kernels must be 'auto', 'dense' or 'sparse', got {self.kernels!r}")
+        if self.kernels != "auto":
+            return self.kernels == "sparse"
+        return self.d_sae >= 512 and self.config.k * 16 <= self.d_sae
+
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        if self.uses_sparse_kernels():
+            return self._sparse_training_step(x, step)
         cfg = self.config
         pre = self.pre_activations(x)  # (B, d_sae)
-        acts = batch_top_k(pre, cfg.k)  # (B, d_sae), k*B non-zeros in the batch
+        acts = batch_top_k(pre, cfg.k).to(self.W_dec.dtype)  # (B, d_sae), k*B non-zeros; float32 under autocast
         ends, weights = self.prefixes_for_step()
         prefix_mse, residual = cumulative_prefix_mse(acts, self.W_dec, self.b_dec, x, ends, cfg.stop_gradient)
         reconstruction = (weights * prefix_mse).mean()  # the paper code: sum_i MSE_i / G^2
         with torch.no_grad():
-            fired = (acts > 0).any(0)
-            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + x.shape[0]))
+            self._count_firing((acts > 0).any(0), x.shape[0])
             if step >= cfg.threshold_start_step:
                 self._update_threshold(acts)
         auxk = self.auxk_loss(pre, residual)
-        loss = reconstruction + cfg.auxk_alpha * auxk
+        return self._step_output(reconstruction, auxk, prefix_mse, acts, residual, (acts > 0).sum(), x.shape[0])
+
+    def _sparse_training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        """The same step on the active entries: only the encoder's forward matmul is dense."""
+        cfg = self.config
+        self.check_input(x)
+        batch = x.shape[0]
+        x_centered = x - self.b_dec
+        with torch.no_grad():
+            pre = torch.relu(x_centered @ self.W_enc + self.b_enc)  # (B, d_sae), no graph
+            active = batch_top_k_active(pre, cfg.k)
+            active = active._replace(values=active.values.to(self.W_dec.dtype))  # float32 under autocast
+        values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, active.rows, active.cols, active.values)
+        ends, weights = self.prefixes_for_step()
+        prefix_mse, residual = sparse_cumulative_prefix_mse(
+            active.rows, active.cols, values, self.W_dec, self.b_dec, x, ends, cfg.stop_gradient)
+        reconstruction = (weights * prefix_mse).mean()
+        with torch.no_grad():
+            positive = active.values > 0
+            times_fired = torch.zeros(self.d_sae, dtype=torch.int32, device=x.device)
+            self._count_firing(times_fired.index_add_(0, active.cols, positive.int()) > 0, batch)
+            if step >= cfg.threshold_start_step:
+                self._update_threshold(active.values)
+        auxk = self._sparse_auxk_loss(x_centered, pre, residual)
+        acts = active._replace(values=values.detach())
+        return self._step_output(reconstruction, auxk, prefix_mse, acts, residual, positive.sum(), batch)
+
+    def _step_output(self, reconstruction, auxk, prefix_mse, acts, residual, n_active, batch) -> StepOutput:
+        loss = reconstruction + self.config.auxk_alpha * auxk
         stats = {
             "mse": prefix_mse[-1].detach(),
             "auxk": auxk.detach(),
-            "l0": (acts > 0).sum() / x.shape[0],
-            "dead": (self.tokens_since_fired >= cfg.dead_after_tokens).sum(),
+            "l0": n_active / batch,
+            "dead": (self.tokens_since_fired >= self.config.dead_after_tokens).sum(),
         }
         return StepOutput(loss, acts, residual, stats)
 
-    def _update_threshold(self, acts: torch.Tensor) -> None:
-        """EMA of the smallest activation the batch top-k kept (all on the device)."""
-        smallest = torch.where(acts > 0, acts, torch.inf).min()
+    def _count_firing(self, fired: torch.Tensor, batch: int) -> None:
+        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
+
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        """EMA of the smallest positive activation the batch top-k kept (computed on the
+        device: no host sync)."""
+        smallest = torch.where(kept > 0, kept, torch.inf).min()
         smallest = torch.where(torch.isinf(smallest), 0.0, smallest)
         beta = self.config.threshold_beta
         self.threshold.copy_(torch.where(self.threshold < 0, smallest, beta * self.threshold + (1 - beta) * smallest))
@@ -159,6 +204,34 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         error = (residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean()
         variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
         return (error / variance).nan_to_num(0.0)
+
+    def _sparse_auxk_loss(self, x_centered, pre, residual) -> torch.Tensor:
+        """:meth:`auxk_loss` on the selected dead entries only (same value and gradients)."""
+        dead = self.tokens_since_fired >= self.config.dead_after_tokens
+        per_row = min(self.config.auxk_k, self.d_sae)
+        if pre.device.type == "cpu":
+            # A host sync costs nothing here, and gathering the dead columns first makes the
+            # per-row top-k much cheaper than one over all d_sae columns.
+            n_dead = int(dead.sum())
+            if n_dead == 0:
+                return pre.new_zeros(())
+            dead_latents = dead.nonzero().squeeze(1)
+            top = pre[:, dead_latents].topk(min(per_row, n_dead), dim=-1, sorted=False)
+            cols, values, any_dead = dead_latents[top.indices], top.values, None
+        else:
+            # No sync on an accelerator: a fixed number per row; live latents come out as -inf
+            # and become zeros, which add nothing to the loss or its gradients.
+            top = torch.where(dead, pre, -torch.inf).topk(per_row, dim=-1, sorted=False)
+            cols, values, any_dead = top.indices, top.values.clamp_min(0.0), dead.any()
+        cols, position = cols.sort(dim=-1)  # increasing within each row
+        batch, per_row = cols.shape
+        rows = torch.arange(batch, device=pre.device).repeat_interleave(per_row)
+        cols, values = cols.flatten(), values.gather(1, position).flatten().to(self.W_dec.dtype)
+        values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, rows, cols, values)
+        error = sparse_decode_error(rows, cols, values, self.W_dec, residual)
+        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+        loss = (error / variance).nan_to_num(0.0)
+        return loss if any_dead is None else torch.where(any_dead, loss, 0.0)
 
     def initialize_from_batch(self, x: torch.Tensor) -> None:
         with torch.no_grad():

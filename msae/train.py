@@ -58,6 +58,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100
     device: str = "cpu"
+    # "bfloat16": run the forward pass under autocast (weights, Adam state and the threshold
+    # stay float32). Meant for GPUs; msae's SAEs keep their sparse parts in float32.
+    autocast_dtype: str | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
         if self.log_every <= 0 or self.checkpoint_every <= 0:
             raise ValueError("log_every and checkpoint_every must be positive")
+        if self.autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {self.autocast_dtype!r}")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -112,7 +117,9 @@ def optimization_step(
     """One update on the (already scaled) batch ``x``; returns the SAE's StepOutput."""
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(step, config)
-    out = sae.training_step(x, step)
+    dtype = getattr(torch, config.autocast_dtype) if config.autocast_dtype else None
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        out = sae.training_step(x, step)
     out.loss.backward()
     sae.before_optimizer_step()
     if config.grad_clip is not None:
@@ -225,16 +232,27 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
     device = torch.device(config.device)
     label = description if len(runs) == 1 else f"{description} ({len(runs)} SAEs)"
     bar = tqdm(total=config.steps, initial=start, desc=label, disable=not progress, mininterval=2.0)
+    # A batch on the CPU is checked for NaN/inf before the SAEs see it (no cost to the
+    # device). A batch already on an accelerator is checked there, and the first bad step is
+    # read back only at log and checkpoint steps, so the step has no host sync.
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     with bar, _deferred_interrupt() as interrupted:
         for step in range(start, config.steps):
             batch = data.next_batch()
-            if not _all_finite(batch):
-                for run in runs:  # the SAEs have not seen this batch: their state is good
-                    run.save(step, data)
-                saved = f"; the checkpoints hold the state after step {step}" if runs[0].run_dir else ""
-                raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
+            if batch.device.type == "cpu":
+                if not _all_finite(batch):
+                    for run in runs:  # the SAEs have not seen this batch: their state is good
+                        run.save(step, data)
+                    saved = f"; the checkpoints hold the state after step {step}" if runs[0].run_dir else ""
+                    raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
+            else:
+                bad = ~torch.isfinite(batch).all()
+                first_bad_step = torch.where((first_bad_step < 0) & bad, step, first_bad_step)
             x = batch.to(device, non_blocking=True) * scale
             done = step + 1
+            checking = done % config.log_every == 0 or done == config.steps or done % config.checkpoint_every == 0
+            if checking and int(first_bad_step) >= 0:
+                _raise_for_bad_device_batch(runs, int(first_bad_step))
             for i, run in enumerate(runs):
                 if step == 0:
                     run.sae.initialize_from_batch(x)
@@ -246,10 +264,17 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
                                         ve=f"{entry['variance_explained']:.3f}", refresh=False)
             bar.update(1)
             if done % config.checkpoint_every == 0 or interrupted.is_set():
+                if int(first_bad_step) >= 0:
+                    _raise_for_bad_device_batch(runs, int(first_bad_step))
                 for run in runs:
                     run.save(done, data)
             if interrupted.is_set():
                 raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
+
+
+def _raise_for_bad_device_batch(runs: list[_Run], step: int) -> None:
+    saved = f"; the checkpoints still hold step {runs[0].last_saved}" if runs[0].run_dir else ""
+    raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
 
 
 def train(

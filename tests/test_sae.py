@@ -114,19 +114,23 @@ def test_auxk_matches_direct_computation(gen, seed):
     torch.testing.assert_close(sae.auxk_loss(pre, residual), expected)
 
 
-def test_dead_latents_are_counted_in_tokens(gen, seed):
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_dead_latents_are_counted_in_tokens(gen, seed, kernels):
     sae = make_sae(seed, dead_after_tokens=10_000)
+    sae.kernels = kernels
     x = torch.randn(64, 24, generator=gen)
     out = sae.training_step(x, 0)
-    fired = (out.acts > 0).any(0)
+    fired = (out.dense_acts() > 0).any(0)
     assert torch.equal(sae.tokens_since_fired, torch.where(fired, 0, 64))
-    fired_again = (sae.training_step(x, 1).acts > 0).any(0)
+    fired_again = (sae.training_step(x, 1).dense_acts() > 0).any(0)
     expected = torch.where(fired_again, 0, torch.where(fired, 64, 128))
     assert torch.equal(sae.tokens_since_fired, expected)
 
 
-def test_threshold_is_an_ema_of_the_smallest_kept_activation(gen, seed):
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_threshold_is_an_ema_of_the_smallest_kept_activation(gen, seed, kernels):
     sae = make_sae(seed, threshold_start_step=2, threshold_beta=0.9)
+    sae.kernels = kernels
     expected = None
     for step in range(6):
         x = torch.randn(32, 24, generator=gen)
@@ -134,7 +138,8 @@ def test_threshold_is_an_ema_of_the_smallest_kept_activation(gen, seed):
         if step < 2:
             assert sae.threshold == -1
             continue
-        smallest = out.acts[out.acts > 0].min()
+        acts = out.dense_acts()
+        smallest = acts[acts > 0].min()
         expected = smallest if expected is None else 0.9 * expected + 0.1 * smallest
         torch.testing.assert_close(sae.threshold, expected)
 

@@ -1,0 +1,180 @@
+"""Sparse kernels for BatchTopK training: only the ``k*B`` active entries are touched.
+
+A BatchTopK step keeps ``k*B`` of the ``B*d_sae`` pre-activations. Written densely, every
+matrix product after the encoder (decode, its backward, the encoder's backward) costs as much
+as the encoder itself, though almost all its inputs are zero. Here the active entries are kept
+as (row, col, value) triples and those products are computed from them, so everything but the
+encoder's forward matmul costs ``O(k*B*d_in)`` instead of ``O(B*d_sae*d_in)``.
+
+Three primitives, each a segmented sum or a sampled dot product (``n`` entries with a row
+index, a column index and a weight):
+
+- ``sum_rows_by_row``:   out[r] = sum over entries in row r of  w * table[col]
+- ``sum_rows_by_col``:   out[c] = sum over entries in col c of  w * table[row]
+- ``sampled_dot``:       out[e] = left[row_e] . right[col_e]
+
+The dense path (``msae.prefix_mse.cumulative_prefix_mse`` on a dense ``acts``) stays the
+reference: the tests check both give the same losses and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class ActiveLatents(NamedTuple):
+    """The non-zero pattern of a (B, d_sae) activation matrix, in row-major order."""
+
+    rows: torch.Tensor  # (n,) long, non-decreasing
+    cols: torch.Tensor  # (n,) long, increasing within a row
+    values: torch.Tensor  # (n,)
+    shape: tuple[int, int]  # (B, d_sae) of the dense matrix
+
+    def to_dense(self) -> torch.Tensor:
+        dense = self.values.new_zeros(self.shape)
+        dense[self.rows, self.cols] = self.values
+        return dense
+
+
+# --- exact BatchTopK ---------------------------------------------------------------------------
+
+
+def batch_top_k_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices (sorted) of the ``k*B`` largest entries of the (B, d_sae) matrix ``pre``.
+
+    Exactly the entries ``pre.flatten().topk(k*B)`` selects (up to the choice among ties at the
+    cut-off, which ``topk`` leaves unspecified too). On a CPU a full top-k over ``B*d_sae``
+    entries is slow, so a threshold below the cut-off is estimated from a strided sample, the
+    entries above it are gathered, and the top-k is taken over those; if fewer than ``k*B``
+    pass (the sample misjudged), it falls back to the full top-k. On a GPU, where top-k is fast
+    and the fallback test would stall the device, it is the full top-k.
+    """
+    flat = pre.flatten()
+    n_keep = k * pre.shape[0]
+    if pre.device.type != "cpu" or n_keep * 8 > flat.numel():
+        return flat.topk(n_keep, sorted=False).indices.sort().values
+    # A sample of ~64 entries per kept entry (at most the whole matrix). The stride is odd and
+    # not a multiple of d_sae's factors of 2, so the sample spreads over rows and columns.
+    stride = max(1, flat.numel() // (64 * n_keep)) | 1
+    sample = flat[::stride]
+    # Aim for ~1.25x the needed entries above the threshold, plus slack for sampling noise.
+    expected = n_keep * sample.numel() / flat.numel()
+    rank = min(sample.numel(), int(1.25 * expected + 4 * math.sqrt(expected)) + 1)
+    threshold = sample.topk(rank, sorted=False).values.min()
+    candidates = (flat >= threshold).nonzero().squeeze(1)
+    if candidates.numel() < n_keep:
+        return flat.topk(n_keep, sorted=False).indices.sort().values
+    winners = flat[candidates].topk(n_keep, sorted=False).indices
+    return candidates[winners].sort().values
+
+
+def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k * B`` largest entries of the whole (B, d_sae) batch; zero the rest.
+
+    One global selection, so a token may keep more or fewer than ``k`` latents.
+    """
+    index = batch_top_k_indices(pre, k)
+    return torch.zeros_like(pre).flatten().scatter(0, index, pre.flatten()[index]).view_as(pre)
+
+
+def batch_top_k_active(pre: torch.Tensor, k: int) -> ActiveLatents:
+    """The BatchTopK selection of ``pre`` as row-major triples."""
+    index = batch_top_k_indices(pre, k)
+    d_sae = pre.shape[1]
+    return ActiveLatents(index // d_sae, index % d_sae, pre.flatten()[index], tuple(pre.shape))
+
+
+# --- primitives ------------------------------------------------------------------------------
+
+
+def _offsets(sorted_keys: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Start of each segment 0..n_segments-1 in ``sorted_keys`` (empty segments allowed)."""
+    return torch.searchsorted(sorted_keys, torch.arange(n_segments, device=sorted_keys.device))
+
+
+def sum_rows_by_row(rows, cols, weights, table, n_rows: int) -> torch.Tensor:
+    """out[r] = sum over entries e with rows[e] == r of weights[e] * table[cols[e]].
+
+    ``rows`` must be sorted. (n_rows, table.shape[1])."""
+    return F.embedding_bag(cols, table, _offsets(rows, n_rows), mode="sum", per_sample_weights=weights)
+
+
+def sum_rows_by_col(rows, cols, weights, table, n_cols: int) -> torch.Tensor:
+    """out[c] = sum over entries e with cols[e] == c of weights[e] * table[rows[e]]. (n_cols, d)."""
+    order = cols.argsort(stable=True)
+    return sum_rows_by_row(cols[order], rows[order], weights[order], table, n_cols)
+
+
+def sampled_dot(rows, cols, left, right) -> torch.Tensor:
+    """out[e] = left[rows[e]] . right[cols[e]]: the entries of ``left @ right.T`` on the pattern.
+
+    ``rows`` must be sorted and ``cols`` increasing within a row. (n,)."""
+    n_rows, n_cols = left.shape[0], right.shape[0]
+    crow = torch.searchsorted(rows, torch.arange(n_rows + 1, device=rows.device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.ones_like(rows, dtype=left.dtype),
+                                          size=(n_rows, n_cols), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, left, right.t(), beta=0.0).values()
+
+
+# --- the encoder, differentiated only at the selected entries -------------------------------
+
+
+def selected_pre_activations(x_centered, W_enc, b_enc, rows, cols, values) -> torch.Tensor:
+    """``values`` (= ReLU(x_centered @ W_enc + b_enc) at (rows, cols), computed by the caller
+    without a graph) made differentiable in x_centered, W_enc and b_enc. The backward pass
+    touches only those entries instead of multiplying a dense (B, d_sae) gradient."""
+    return _SelectedPreActivations.apply(x_centered, W_enc, b_enc, rows, cols, values)
+
+
+class _SelectedPreActivations(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_centered, W_enc, b_enc, rows, cols, values):
+        ctx.save_for_backward(x_centered, W_enc, rows, cols, values)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        x_centered, W_enc, rows, cols, values = ctx.saved_tensors
+        grad = grad_values * (values > 0)  # ReLU: entries at zero pass no gradient
+        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_W = grad_b = None
+        if need_x:
+            grad_x = sum_rows_by_row(rows, cols, grad, W_enc.t().contiguous(), x_centered.shape[0])
+        if need_W:
+            grad_W = sum_rows_by_col(rows, cols, grad, x_centered, W_enc.shape[1]).t()
+        if need_b:
+            grad_b = torch.zeros(W_enc.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+        return grad_x, grad_W, grad_b, None, None, None
+
+
+# --- AuxK on a sparse pattern -------------------------------------------------------------
+
+
+def sparse_decode_error(rows, cols, values, W_dec, target) -> torch.Tensor:
+    """``((target - acts @ W_dec) ** 2).sum(-1).mean()`` for the sparse ``acts`` given by
+    (rows, cols, values), differentiable in ``values`` and ``W_dec`` (``target`` is a constant)."""
+    return _SparseDecodeError.apply(rows, cols, values, W_dec, target)
+
+
+class _SparseDecodeError(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, cols, values, W_dec, target):
+        with torch.autocast(target.device.type, enabled=False):
+            error = target - sum_rows_by_row(rows, cols, values, W_dec, target.shape[0])
+            ctx.save_for_backward(rows, cols, values, W_dec, error)
+            return error.pow(2).sum(-1).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, cols, values, W_dec, error = ctx.saved_tensors
+        grad_recon = error * (-2.0 / error.shape[0]) * grad_out  # d loss / d (acts @ W_dec)
+        grad_values = sampled_dot(rows, cols, grad_recon, W_dec) if ctx.needs_input_grad[2] else None
+        grad_W = sum_rows_by_col(rows, cols, values, grad_recon, W_dec.shape[0]) if ctx.needs_input_grad[3] else None
+        return None, None, grad_values, grad_W, None

@@ -1,0 +1,237 @@
+"""The sparse training kernels against dense float64 computations of the same quantities."""
+
+import copy
+
+import pytest
+import torch
+
+from msae.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
+from msae.prefixes import sample_prefix_ends
+from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.sparse import (
+    batch_top_k,
+    batch_top_k_active,
+    batch_top_k_indices,
+    sampled_dot,
+    selected_pre_activations,
+    sparse_decode_error,
+    sum_rows_by_col,
+    sum_rows_by_row,
+)
+from msae.train import TrainConfig, train
+
+F64 = torch.float64
+
+
+def full_top_k(pre, k):
+    return pre.flatten().topk(k * pre.shape[0]).indices.sort().values
+
+
+@pytest.mark.parametrize("shape, k", [((256, 1024), 8), ((64, 4096), 3), ((300, 700), 20), ((8, 40), 30)])
+def test_batch_top_k_indices_equal_a_full_top_k(gen, shape, k):
+    pre = torch.relu(torch.randn(shape, generator=gen))
+    assert torch.equal(batch_top_k_indices(pre, k), full_top_k(pre, k))
+
+
+def test_batch_top_k_when_one_row_holds_most_winners(gen):
+    pre = torch.rand(128, 2048, generator=gen)
+    pre[17] += 10.0  # row 17 alone outranks everything: it takes 2048 of the 128*20 winners
+    index = batch_top_k_indices(pre, 20)
+    assert torch.equal(index, full_top_k(pre, 20))
+    assert int((index // 2048 == 17).sum()) == 2048
+
+
+def test_batch_top_k_falls_back_when_the_sample_overestimates_the_cut_off(gen):
+    # The sampled entries hold a few huge values, so the threshold read from the sample is
+    # above the true cut-off and fewer than k*B entries pass it: the full top-k must take over.
+    pre = torch.rand(64, 2048, generator=gen)
+    k = 4
+    flat = pre.view(-1)
+    stride = max(1, flat.numel() // (64 * k * 64)) | 1
+    flat[: 200 * stride : stride] += 1000.0
+    passing = []
+    original_nonzero = torch.Tensor.nonzero
+
+    def spy(tensor, *args, **kwargs):
+        result = original_nonzero(tensor, *args, **kwargs)
+        passing.append(result.shape[0])
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "nonzero", spy)
+        index = batch_top_k_indices(pre, k)
+    assert passing and passing[0] < k * 64  # the threshold let too few through...
+    assert torch.equal(index, full_top_k(pre, k))  # ...and the answer is still exact
+
+
+def test_batch_top_k_with_ties_keeps_k_times_batch_of_the_largest(gen):
+    pre = torch.randint(0, 6, (128, 1024), generator=gen).float()  # ties everywhere
+    k = 10
+    index = batch_top_k_indices(pre, k)
+    assert index.numel() == k * 128 and index.unique().numel() == index.numel()
+    values = pre.flatten()[index]
+    reference = pre.flatten().topk(k * 128).values
+    assert torch.equal(values.sort().values, reference.sort().values)  # same multiset of values
+    cutoff = reference.min()
+    above = (pre.flatten() > cutoff).nonzero().squeeze(1)
+    assert torch.isin(above, index).all()  # everything strictly above the cut-off is kept
+    dense = batch_top_k(pre, k)
+    assert int((dense != 0).sum()) == int((values != 0).sum())
+
+
+def random_pattern(gen, n_rows, n_cols, density=0.05):
+    mask = torch.rand(n_rows, n_cols, generator=gen) < density
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows, cols, torch.randn(rows.numel(), generator=gen, dtype=F64)
+
+
+def test_segment_sums_and_sampled_dot_match_dense_products(gen):
+    n_rows, n_cols, d = 40, 300, 16
+    rows, cols, weights = random_pattern(gen, n_rows, n_cols)
+    dense = torch.zeros(n_rows, n_cols, dtype=F64)
+    dense[rows, cols] = weights
+    table_cols = torch.randn(n_cols, d, generator=gen, dtype=F64)
+    table_rows = torch.randn(n_rows, d, generator=gen, dtype=F64)
+    torch.testing.assert_close(sum_rows_by_row(rows, cols, weights, table_cols, n_rows), dense @ table_cols)
+    torch.testing.assert_close(sum_rows_by_col(rows, cols, weights, table_rows, n_cols), dense.T @ table_rows)
+    torch.testing.assert_close(sampled_dot(rows, cols, table_rows, table_cols), (table_rows @ table_cols.T)[rows, cols])
+
+
+def test_selected_pre_activations_have_the_dense_gradients(gen):
+    B, d_in, d_sae, k = 48, 12, 200, 5
+    x_centered = torch.randn(B, d_in, generator=gen, dtype=F64, requires_grad=True)
+    W_enc = torch.randn(d_in, d_sae, generator=gen, dtype=F64, requires_grad=True)
+    b_enc = torch.randn(d_sae, generator=gen, dtype=F64, requires_grad=True)
+    pre = torch.relu(x_centered @ W_enc + b_enc)
+    active = batch_top_k_active(pre.detach(), k)
+    upstream = torch.randn(active.values.numel(), generator=gen, dtype=F64)
+
+    values = selected_pre_activations(x_centered, W_enc, b_enc, active.rows, active.cols, active.values)
+    sparse_grads = torch.autograd.grad((values * upstream).sum(), (x_centered, W_enc, b_enc))
+    dense_grads = torch.autograd.grad((pre[active.rows, active.cols] * upstream).sum(), (x_centered, W_enc, b_enc))
+    torch.testing.assert_close(values, pre[active.rows, active.cols].detach())
+    for got, expected in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("stop_gradient", [False, True])
+@pytest.mark.parametrize("random_prefixes", [False, True])
+def test_sparse_prefix_mse_equals_the_dense_one(gen, stop_gradient, random_prefixes):
+    B, d_in, d_sae, k = 64, 20, 256, 6
+    ends = sample_prefix_ends(d_sae, 4, gen) if random_prefixes else [16, 48, 112, 256]
+    pre = torch.relu(torch.randn(B, d_sae, generator=gen, dtype=F64))
+    active = batch_top_k_active(pre, k)
+    W_dec = torch.randn(d_sae, d_in, generator=gen, dtype=F64, requires_grad=True)
+    b_dec = torch.randn(d_in, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(B, d_in, generator=gen, dtype=F64)
+    weights = torch.rand(len(ends), generator=gen, dtype=F64)
+
+    values = active.values.clone().requires_grad_()
+    mse, residual = sparse_cumulative_prefix_mse(active.rows, active.cols, values, W_dec, b_dec, x, ends, stop_gradient)
+    sparse_grads = torch.autograd.grad((weights * mse).sum(), (values, W_dec, b_dec))
+
+    acts = active.to_dense().requires_grad_()
+    dense_mse, dense_residual = cumulative_prefix_mse(acts, W_dec, b_dec, x, ends, stop_gradient)
+    grad_acts, grad_W, grad_b = torch.autograd.grad((weights * dense_mse).sum(), (acts, W_dec, b_dec))
+
+    torch.testing.assert_close(mse, dense_mse)
+    torch.testing.assert_close(residual, dense_residual)
+    torch.testing.assert_close(sparse_grads[0], grad_acts[active.rows, active.cols])
+    torch.testing.assert_close(sparse_grads[1], grad_W)
+    torch.testing.assert_close(sparse_grads[2], grad_b)
+
+
+def test_sparse_decode_error_matches_the_dense_formula(gen):
+    B, d_in, d_sae = 30, 10, 120
+    rows, cols, values = random_pattern(gen, B, d_sae, density=0.2)
+    values.requires_grad_()
+    W_dec = torch.randn(d_sae, d_in, generator=gen, dtype=F64, requires_grad=True)
+    target = torch.randn(B, d_in, generator=gen, dtype=F64)
+    error = sparse_decode_error(rows, cols, values, W_dec, target)
+    dense = torch.zeros(B, d_sae, dtype=F64).index_put((rows, cols), values)
+    expected = (target - dense @ W_dec).pow(2).sum(-1).mean()
+    torch.testing.assert_close(error, expected)
+    for got, want in zip(torch.autograd.grad(error, (values, W_dec)), torch.autograd.grad(expected, (values, W_dec))):
+        torch.testing.assert_close(got, want)
+
+
+class Batches:
+    """Fresh Gaussian batches with a few strong directions, replayable from a seed."""
+
+    def __init__(self, seed, d_in, batch, dtype):
+        self.seed, self.d_in, self.batch, self.dtype, self.index = seed, d_in, batch, dtype, 0
+
+    def next_batch(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.index)
+        self.index += 1
+        codes = torch.relu(torch.randn(self.batch, 64, generator=gen, dtype=self.dtype) - 1.0)
+        codes = codes * torch.randn(self.batch, 64, generator=gen, dtype=self.dtype).sign()  # zero mean
+        basis = torch.randn(64, self.d_in, generator=torch.Generator().manual_seed(self.seed), dtype=self.dtype)
+        return codes @ basis + 0.1 * torch.randn(self.batch, self.d_in, generator=gen, dtype=self.dtype)
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+    def describe(self):
+        return {"kind": "test batches", "seed": self.seed}
+
+
+# float64 is the proof: the two paths agree to ~1e-15 per step and stay together. In float32
+# their roundoff (~1e-7) can flip the choice between two near-tied entries at the top-k
+# cut-off, after which the runs drift apart slowly (measured up to 1.5e-3 after 120 steps).
+@pytest.mark.parametrize("dtype, rtol", [(F64, 1e-9), (torch.float32, 1e-2)])
+def test_training_with_sparse_kernels_gives_the_dense_losses(seed, dtype, rtol):
+    """Same init, same data: the whole training run (AuxK on dead latents, the threshold EMA,
+    Adam, clipping, renormalisation) gives the same losses and weights either way."""
+    config = MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
+                              dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
+    dense = MatryoshkaBatchTopKSAE(config).to(dtype)
+    sparse = copy.deepcopy(dense)
+    dense.kernels, sparse.kernels = "dense", "sparse"
+    train_config = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
+    runs = {}
+    for name, sae in (("dense", dense), ("sparse", sparse)):
+        runs[name] = train(sae, Batches(seed, 24, 96, dtype), train_config, progress=False)
+    dense_history, sparse_history = runs["dense"].history, runs["sparse"].history
+    assert max(entry["dead"] for entry in dense_history) > 0 and max(e["auxk"] for e in dense_history) > 0
+    for ours, reference in zip(sparse_history, dense_history):
+        for key in ("loss", "mse", "auxk", "l0", "variance_explained"):
+            assert ours[key] == pytest.approx(reference[key], rel=rtol, abs=rtol), key
+    if dtype == F64:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            torch.testing.assert_close(getattr(sparse, name), getattr(dense, name), rtol=1e-8, atol=1e-10)
+
+
+def test_kernel_choice(seed):
+    small = MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=8, d_sae=64, k=4))
+    wide = MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=8, d_sae=4096, k=40))
+    assert not small.uses_sparse_kernels() and wide.uses_sparse_kernels()
+    wide.kernels = "dense"
+    assert not wide.uses_sparse_kernels()
+    wide.kernels = "fast"
+    with pytest.raises(ValueError, match="kernels must be"):
+        wide.uses_sparse_kernels()
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_bfloat16_autocast_keeps_float32_weights_and_a_close_loss(seed, kernels):
+    """Autocast runs the encoder in bfloat16 (here on the CPU, as a stand-in for a GPU); the
+    weights, Adam state, threshold and loss stay float32 and the losses track float32's."""
+    config = MatryoshkaConfig(d_in=32, d_sae=1024, k=8, group_sizes=[64, 192, 768], seed=seed % 1000,
+                              threshold_start_step=5)
+    histories = {}
+    for autocast in (None, "bfloat16"):
+        sae = MatryoshkaBatchTopKSAE(config)
+        sae.kernels = kernels
+        result = train(sae, Batches(seed, 32, 128, torch.float32),
+                       TrainConfig(steps=100, warmup_steps=5, log_every=10, lr=1e-2, autocast_dtype=autocast),
+                       progress=False)
+        histories[autocast] = result.history
+        assert all(p.dtype == torch.float32 for p in sae.parameters()) and sae.threshold.dtype == torch.float32
+    low, full = histories["bfloat16"][-1], histories[None][-1]
+    assert full["variance_explained"] > 0.5  # it learned something worth comparing
+    assert low["loss"] == pytest.approx(full["loss"], rel=0.05)
+    assert low["variance_explained"] == pytest.approx(full["variance_explained"], abs=0.02)
