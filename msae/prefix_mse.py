@@ -145,12 +145,17 @@ class _SparseCumulativePrefixMSE(torch.autograd.Function):
         # each segment's columns increasing.
         group = torch.bucketize(cols, torch.tensor(ends, device=cols.device), right=True)
         segment = group * batch + rows
-        order = segment.argsort(stable=True)
-        segment, seg_cols, seg_values = segment[order], cols[order], values[order]
-        contribution = sum_rows_by_row(segment, seg_cols, seg_values, W_dec, n_groups * batch)
-        residuals = (x - b_dec) - contribution.view(n_groups, batch, -1).cumsum(0)  # x - x_hat_g
-        flat = residuals.flatten(1)
-        mse = torch.einsum("gi,gi->g", flat, flat) / batch
+        if n_groups > 1:
+            order = segment.argsort(stable=True)
+            segment, seg_cols, seg_values = segment[order], cols[order], values[order]
+        else:  # one group: the entries are in row order already
+            order, seg_cols, seg_values = None, cols, values
+        # residuals[g] = x - x_hat_g, built in place over each group's contribution.
+        residuals = sum_rows_by_row(segment, seg_cols, seg_values, W_dec, n_groups * batch).view(n_groups, batch, -1)
+        torch.sub(x - b_dec, residuals[0], out=residuals[0])
+        for g in range(1, n_groups):
+            torch.sub(residuals[g - 1], residuals[g], out=residuals[g])
+        mse = torch.linalg.vector_norm(residuals.flatten(1), dim=1).square() / batch
         ctx.save_for_backward(order, segment, seg_cols, seg_values, W_dec, residuals)
         ctx.stop_gradient = stop_gradient
         residual = residuals[-1].detach().clone()
@@ -163,17 +168,24 @@ class _SparseCumulativePrefixMSE(torch.autograd.Function):
 
         order, segment, seg_cols, seg_values, W_dec, residuals = ctx.saved_tensors
         n_groups, batch, d_in = residuals.shape
-        scaled = residuals * (grad_mse * (-2.0 / batch)).view(-1, 1, 1)  # d mse_g / d x_hat_g
         # carried[g]: the gradient reaching group g's contribution, from every prefix containing
-        # it (its own prefix only under stop_gradient).
-        carried = scaled if ctx.stop_gradient else scaled.flip(0).cumsum(0).flip(0)
+        # it (its own prefix only under stop_gradient). Built in place over the saved residuals,
+        # which this backward pass is the last to read.
+        carried = residuals
+        scale = grad_mse * (-2.0 / batch)  # d mse_g / d x_hat_g = scale[g] * residual[g]
+        carried[-1].mul_(scale[-1])
+        for g in reversed(range(n_groups - 1)):
+            carried[g].mul_(scale[g])
+            if not ctx.stop_gradient:
+                carried[g].add_(carried[g + 1])
         carried_rows = carried.reshape(n_groups * batch, d_in)
         grad_values = grad_W = grad_b = None
         if ctx.needs_input_grad[2]:
-            grad_values = torch.empty_like(seg_values)
-            grad_values[order] = sampled_dot(segment, seg_cols, carried_rows, W_dec)
+            grad_values = sampled_dot(segment, seg_cols, carried_rows, W_dec)
+            if order is not None:
+                grad_values = torch.empty_like(grad_values).index_copy_(0, order, grad_values)
         if ctx.needs_input_grad[3]:
             grad_W = sum_rows_by_col(segment, seg_cols, seg_values, carried_rows, W_dec.shape[0])
-        if ctx.needs_input_grad[4]:
-            grad_b = scaled.sum((0, 1))  # every prefix contains the bias
+        if ctx.needs_input_grad[4]:  # every prefix contains the bias
+            grad_b = carried.sum((0, 1)) if ctx.stop_gradient else carried[0].sum(0)
         return None, None, grad_values, grad_W, grad_b, None, None, None

@@ -153,7 +153,9 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         batch = x.shape[0]
         x_centered = x - self.b_dec
         with torch.no_grad():
-            pre = torch.relu(x_centered @ self.W_enc + self.b_enc)  # (B, d_sae), no graph
+            # (B, d_sae) without its ReLU, no graph: the top-k and AuxK selections apply the ReLU
+            # to the entries they keep, which saves a pass over the whole matrix.
+            pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
             active = batch_top_k_active(pre, cfg.k)
             active = active._replace(values=active.values.to(self.W_dec.dtype))  # float32 under autocast
         values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, active.rows, active.cols, active.values)
@@ -206,7 +208,8 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         return (error / variance).nan_to_num(0.0)
 
     def _sparse_auxk_loss(self, x_centered, pre, residual) -> torch.Tensor:
-        """:meth:`auxk_loss` on the selected dead entries only (same value and gradients)."""
+        """:meth:`auxk_loss` on the selected dead entries only (same value and gradients);
+        ``pre`` is before its ReLU."""
         dead = self.tokens_since_fired >= self.config.dead_after_tokens
         per_row = min(self.config.auxk_k, self.d_sae)
         if pre.device.type == "cpu":
@@ -217,7 +220,7 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
                 return pre.new_zeros(())
             dead_latents = dead.nonzero().squeeze(1)
             top = pre[:, dead_latents].topk(min(per_row, n_dead), dim=-1, sorted=False)
-            cols, values, any_dead = dead_latents[top.indices], top.values, None
+            cols, values, any_dead = dead_latents[top.indices], top.values.clamp_min(0.0), None
         else:
             # No sync on an accelerator: a fixed number per row; live latents come out as -inf
             # and become zeros, which add nothing to the loss or its gradients.

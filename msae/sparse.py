@@ -58,9 +58,10 @@ def batch_top_k_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     n_keep = k * pre.shape[0]
     if pre.device.type != "cpu" or n_keep * 8 > flat.numel():
         return flat.topk(n_keep, sorted=False).indices.sort().values
-    # A sample of ~64 entries per kept entry (at most the whole matrix). The stride is odd and
-    # not a multiple of d_sae's factors of 2, so the sample spreads over rows and columns.
-    stride = max(1, flat.numel() // (64 * n_keep)) | 1
+    # A strided sample with ~2,000 entries expected above the cut-off: enough to place the
+    # threshold within a few percent. The stride shares no factor with d_sae, so the sample
+    # walks through every column.
+    stride = _coprime_stride(max(1, n_keep // 2000), pre.shape[1])
     sample = flat[::stride]
     # Aim for ~1.25x the needed entries above the threshold, plus slack for sampling noise.
     expected = n_keep * sample.numel() / flat.numel()
@@ -73,6 +74,14 @@ def batch_top_k_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     return candidates[winners].sort().values
 
 
+def _coprime_stride(target: int, n: int) -> int:
+    """The smallest stride >= target that shares no factor with n."""
+    stride = target
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
+
+
 def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k * B`` largest entries of the whole (B, d_sae) batch; zero the rest.
 
@@ -83,10 +92,14 @@ def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def batch_top_k_active(pre: torch.Tensor, k: int) -> ActiveLatents:
-    """The BatchTopK selection of ``pre`` as row-major triples."""
+    """The BatchTopK selection of ``ReLU(pre)`` as row-major triples.
+
+    ``pre`` may be given before its ReLU: the ReLU is monotone, so the selection is the same
+    up to which zeros fill the places no positive entry takes (they stay zero either way), and
+    the pass over the whole (B, d_sae) matrix is saved."""
     index = batch_top_k_indices(pre, k)
     d_sae = pre.shape[1]
-    return ActiveLatents(index // d_sae, index % d_sae, pre.flatten()[index], tuple(pre.shape))
+    return ActiveLatents(index // d_sae, index % d_sae, torch.relu(pre.flatten()[index]), tuple(pre.shape))
 
 
 # --- primitives ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from msae.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
 from msae.prefixes import sample_prefix_ends
 from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from msae.sparse import (
+    _coprime_stride,
     batch_top_k,
     batch_top_k_active,
     batch_top_k_indices,
@@ -44,11 +45,12 @@ def test_batch_top_k_when_one_row_holds_most_winners(gen):
 def test_batch_top_k_falls_back_when_the_sample_overestimates_the_cut_off(gen):
     # The sampled entries hold a few huge values, so the threshold read from the sample is
     # above the true cut-off and fewer than k*B entries pass it: the full top-k must take over.
-    pre = torch.rand(64, 2048, generator=gen)
-    k = 4
+    pre = torch.rand(256, 4096, generator=gen)
+    k = 40
     flat = pre.view(-1)
-    stride = max(1, flat.numel() // (64 * k * 64)) | 1
-    flat[: 200 * stride : stride] += 1000.0
+    stride = _coprime_stride(max(1, k * 256 // 2000), 4096)
+    assert stride > 1
+    flat[: 3000 * stride : stride] += 1000.0
     passing = []
     original_nonzero = torch.Tensor.nonzero
 
@@ -60,7 +62,7 @@ def test_batch_top_k_falls_back_when_the_sample_overestimates_the_cut_off(gen):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.Tensor, "nonzero", spy)
         index = batch_top_k_indices(pre, k)
-    assert passing and passing[0] < k * 64  # the threshold let too few through...
+    assert passing and passing[0] < k * 256  # the threshold let too few through...
     assert torch.equal(index, full_top_k(pre, k))  # ...and the answer is still exact
 
 
