@@ -82,6 +82,8 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
     architecture = "jumprelu"  # how SAELens runs it: ReLU then one threshold
     # "dense", "sparse" or "auto". Not part of the config: it changes speed, not results.
     kernels = "auto"
+    # The sparse AuxK selection without a host sync; None: on accelerators only (see below).
+    sync_free_auxk: bool | None = None
 
     def __init__(self, config: MatryoshkaConfig):
         super().__init__(config.d_in, config.d_sae)
@@ -212,7 +214,8 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         ``pre`` is before its ReLU."""
         dead = self.tokens_since_fired >= self.config.dead_after_tokens
         per_row = min(self.config.auxk_k, self.d_sae)
-        if pre.device.type == "cpu":
+        sync_free = pre.device.type != "cpu" if self.sync_free_auxk is None else self.sync_free_auxk
+        if not sync_free:
             # A host sync costs nothing here, and gathering the dead columns first makes the
             # per-row top-k much cheaper than one over all d_sae columns.
             n_dead = int(dead.sum())
