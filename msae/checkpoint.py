@@ -72,7 +72,7 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
     if expected_config is not None:
         saved = json.loads(json.dumps(state.get("config"), default=_json_default))
         expected = json.loads(json.dumps(expected_config, default=_json_default))
-        if saved != expected:
+        if not _same_config(saved, expected):
             raise CheckpointError(
                 f"checkpoint {path} belongs to a different run: {_describe_difference(saved, expected)}; "
                 "use another run folder, or delete the checkpoint to start afresh"
@@ -80,9 +80,17 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
     return state
 
 
+def _same_config(saved: Any, expected: Any) -> bool:
+    """Equal configs, where a missing key counts as None: an option added to msae later, left
+    unset (None), matches a checkpoint written before the option existed."""
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        return all(_same_config(saved.get(key), expected.get(key)) for key in set(saved) | set(expected))
+    return saved == expected
+
+
 def _describe_difference(saved: Any, expected: Any, prefix: str = "") -> str:
     if isinstance(saved, dict) and isinstance(expected, dict):
         for key in sorted(set(saved) | set(expected)):
-            if saved.get(key) != expected.get(key):
+            if not _same_config(saved.get(key), expected.get(key)):
                 return _describe_difference(saved.get(key), expected.get(key), f"{prefix}{key}.")
     return f"{prefix.rstrip('.') or 'config'} is {saved!r} in the checkpoint but {expected!r} now"

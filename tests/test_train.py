@@ -142,6 +142,20 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, seed):
         train(matryoshka(seed), Data(seed), config(lr=1e-3), tmp_path, progress=False)
 
 
+def test_checkpoint_from_before_an_option_existed_resumes_while_the_option_is_unset(tmp_path, seed):
+    with pytest.raises(KeyboardInterrupt):
+        train(matryoshka(seed), Data(seed, interrupt_at=call_of_step(7)), config(), tmp_path / "a", progress=False)
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    del state["config"]["train"]["autocast_dtype"]  # as msae wrote it before the option existed
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        torch.save(state, tmp_path / folder / "checkpoint.pt")
+    resumed = train(matryoshka(seed), Data(seed), config(), tmp_path / "a", progress=False)
+    assert resumed.resumed_from == state["step"] > 0
+    with pytest.raises(CheckpointError, match="train.autocast_dtype is None in the checkpoint but 'bfloat16' now"):
+        train(matryoshka(seed), Data(seed), config(autocast_dtype="bfloat16"), tmp_path / "b", progress=False)
+
+
 def test_lockstep_training_equals_separate_runs_and_resumes(tmp_path, seed):
     from msae.train import train_many
 
