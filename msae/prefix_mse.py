@@ -44,10 +44,16 @@ def cumulative_prefix_mse(
         mse: (G,) one value per prefix, differentiable in acts, W_dec and b_dec.
         residual: (B, d_in) ``x - x_hat`` of the full dictionary, detached.
     """
-    ends = tuple(int(e) for e in ends)
-    if not ends or ends[-1] != W_dec.shape[0] or any(b <= a for a, b in zip((0,) + ends, ends)):
-        raise ValueError(f"prefix ends {list(ends)} must increase strictly up to d_sae={W_dec.shape[0]}")
+    ends = _checked_ends(ends, W_dec.shape[0])
     return _CumulativePrefixMSE.apply(acts, W_dec, b_dec, x, ends, stop_gradient)
+
+
+def _checked_ends(ends: Sequence[int], d_sae: int) -> tuple[int, ...]:
+    """``ends`` as a tuple of ints; raise unless they increase strictly up to ``d_sae``."""
+    ends = tuple(int(e) for e in ends)
+    if not ends or ends[-1] != d_sae or any(b <= a for a, b in zip((0,) + ends, ends)):
+        raise ValueError(f"prefix ends {list(ends)} must increase strictly up to d_sae={d_sae}")
+    return ends
 
 
 class _CumulativePrefixMSE(torch.autograd.Function):
@@ -123,9 +129,7 @@ def sparse_cumulative_prefix_mse(
     same results, differentiable in ``values``, ``W_dec`` and ``b_dec``. Each group's decode and
     its backward touch only the active entries (``msae.sparse``), so the cost falls with k/d_sae.
     """
-    ends = tuple(int(e) for e in ends)
-    if not ends or ends[-1] != W_dec.shape[0] or any(b <= a for a, b in zip((0,) + ends, ends)):
-        raise ValueError(f"prefix ends {list(ends)} must increase strictly up to d_sae={W_dec.shape[0]}")
+    ends = _checked_ends(ends, W_dec.shape[0])
     return _SparseCumulativePrefixMSE.apply(rows, cols, values, W_dec, b_dec, x, ends, stop_gradient)
 
 

@@ -205,9 +205,7 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
             return pre.new_zeros(())
         top = torch.where(dead, pre, -torch.inf).topk(min(self.config.auxk_k, n_dead), dim=-1, sorted=False)
         aux_acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-        error = (residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean()
-        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
-        return (error / variance).nan_to_num(0.0)
+        return _relative_to_variance((residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean(), residual)
 
     def _sparse_auxk_loss(self, x_centered, pre, residual) -> torch.Tensor:
         """:meth:`auxk_loss` on the selected dead entries only (same value and gradients);
@@ -234,9 +232,7 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         rows = torch.arange(batch, device=pre.device).repeat_interleave(per_row)
         cols, values = cols.flatten(), values.gather(1, position).flatten().to(self.W_dec.dtype)
         values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, rows, cols, values)
-        error = sparse_decode_error(rows, cols, values, self.W_dec, residual)
-        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
-        loss = (error / variance).nan_to_num(0.0)
+        loss = _relative_to_variance(sparse_decode_error(rows, cols, values, self.W_dec, residual), residual)
         return loss if any_dead is None else torch.where(any_dead, loss, 0.0)
 
     def initialize_from_batch(self, x: torch.Tensor) -> None:
@@ -275,3 +271,9 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
 
     def export_config(self) -> dict[str, Any]:
         return {"class": type(self).__name__, **asdict(self.config)}
+
+
+def _relative_to_variance(error: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """AuxK's squared error divided by the residual's variance (0 where that is 0)."""
+    variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    return (error / variance).nan_to_num(0.0)

@@ -243,8 +243,7 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
                 if not _all_finite(batch):
                     for run in runs:  # the SAEs have not seen this batch: their state is good
                         run.save(step, data)
-                    saved = f"; the checkpoints hold the state after step {step}" if runs[0].run_dir else ""
-                    raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
+                    _stop_for_bad_batch(runs, step)
             else:
                 bad = ~torch.isfinite(batch).all()
                 first_bad_step = torch.where((first_bad_step < 0) & bad, step, first_bad_step)
@@ -252,7 +251,7 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
             done = step + 1
             checking = done % config.log_every == 0 or done == config.steps or done % config.checkpoint_every == 0
             if checking and int(first_bad_step) >= 0:
-                _raise_for_bad_device_batch(runs, int(first_bad_step))
+                _stop_for_bad_batch(runs, int(first_bad_step))
             for i, run in enumerate(runs):
                 if step == 0:
                     run.sae.initialize_from_batch(x)
@@ -265,15 +264,15 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
             bar.update(1)
             if done % config.checkpoint_every == 0 or interrupted.is_set():
                 if int(first_bad_step) >= 0:
-                    _raise_for_bad_device_batch(runs, int(first_bad_step))
+                    _stop_for_bad_batch(runs, int(first_bad_step))
                 for run in runs:
                     run.save(done, data)
             if interrupted.is_set():
                 raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
 
 
-def _raise_for_bad_device_batch(runs: list[_Run], step: int) -> None:
-    saved = f"; the checkpoints still hold step {runs[0].last_saved}" if runs[0].run_dir else ""
+def _stop_for_bad_batch(runs: list[_Run], step: int) -> None:
+    saved = f"; the checkpoints hold the state after step {runs[0].last_saved}" if runs[0].run_dir else ""
     raise NonFiniteError(f"the batch for step {step} contains NaN or inf; training stopped{saved}")
 
 
