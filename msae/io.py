@@ -22,13 +22,23 @@ import torch
 from safetensors.torch import load_file, save
 
 from .autoencoder import InferenceSAE, SparseAutoencoder
+from .baselines import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config,
+                        ReLUL1SAE, TopKConfig, TopKSAE)
 from .checkpoint import atomic_write, write_json
 from .l1_sae import L1Config, L1SAE
 from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-_MSAE_CLASSES = {"MatryoshkaBatchTopKSAE": (MatryoshkaBatchTopKSAE, MatryoshkaConfig), "L1SAE": (L1SAE, L1Config)}
+_MSAE_CLASSES = {
+    "MatryoshkaBatchTopKSAE": (MatryoshkaBatchTopKSAE, MatryoshkaConfig),
+    "L1SAE": (L1SAE, L1Config),
+    "ReLUL1SAE": (ReLUL1SAE, ReLUL1Config),
+    "TopKSAE": (TopKSAE, TopKConfig),
+    "GatedSAE": (GatedSAE, GatedConfig),
+    "JumpReLUSAE": (JumpReLUSAE, JumpReLUConfig),
+    "PAnnealSAE": (PAnnealSAE, PAnnealConfig),
+}
 
 
 def save_sae(sae: SparseAutoencoder, path: str | Path, **metadata: Any) -> Path:
@@ -54,6 +64,7 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, **metadata: Any) -> Path:
         "apply_b_dec_to_input": bool(getattr(sae, "apply_b_dec_to_input", True)),
         "finetuning_scaling_factor": False,
         "normalize_activations": "none",  # any input scaling is folded into the weights
+        **getattr(sae, "saelens_config", dict)(),  # fields an architecture adds (TopK: its k)
         **metadata,
         "msae": own,
     }
@@ -80,7 +91,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
         cls, config_cls = _MSAE_CLASSES[own["class"]]
         fields = {k: v for k, v in own.items() if k != "class"}
         sae = cls(config_cls(**fields))
-        _load_weights(sae, tensors, path)
+        if hasattr(sae, "import_tensors"):  # layouts beyond the shared four tensors (gated, jumprelu)
+            sae.import_tensors(tensors, path)
+        else:
+            _load_weights(sae, tensors, path)
         if isinstance(sae, MatryoshkaBatchTopKSAE):
             threshold = tensors["threshold"]
             if not torch.all(threshold == threshold[0]):

@@ -1,0 +1,48 @@
+"""The baseline SAE architectures of the paper's Table 1, one module each (each module's
+docstring states its loss):
+
+- ``relu_l1``  ReLU + decoder-norm-weighted L1 (Anthropic, April 2024)      :class:`ReLUL1SAE`
+- ``topk``     per-token TopK with AuxK (Gao et al. 2024)                  :class:`TopKSAE`
+- ``gated``    Gated SAE (Rajamanoharan et al. 2024a)                      :class:`GatedSAE`
+- ``jumprelu`` JumpReLU with an L0 penalty (Rajamanoharan et al. 2024b)    :class:`JumpReLUSAE`
+- ``p_anneal`` L_p^p penalty with p annealed from 1 (Karvonen et al. 2024) :class:`PAnnealSAE`
+
+BatchTopK and Matryoshka are :class:`msae.sae.MatryoshkaBatchTopKSAE`. ``msae.architectures``
+lists them all and builds any of them by name.
+
+How each reaches a target L0 (the sweep trains every architecture at the same L0s): TopK and
+BatchTopK take ``k``. The penalty-based ones take ``target_l0``: their penalty coefficient starts
+at the config's value, ramps up linearly over the first 5% of ``total_steps``, and is then steered
+by a multiplicative controller (x(1 + rate) after a batch above the target, x(1 - rate) after
+one below; ``common.steer_towards_l0``), so the coefficient is set by the target rather than
+swept by hand. JumpReLU also starts its thresholds at the level giving the target L0 on the
+first batch (see ``jumprelu``). Without ``target_l0`` the coefficient stays where it is set.
+
+All are trained by ``msae.train`` (``training_step``, the optimizer hooks, ``fold_input_scale``)
+and saved by ``msae.io`` in the SAELens layout under the architecture named by ``architecture``.
+"""
+
+from .common import UnitNormSAE, steer_towards_l0
+from .gated import GatedConfig, GatedSAE
+from .jumprelu import JumpReLUConfig, JumpReLUSAE, firing_count, jump_relu
+from .p_anneal import PAnnealConfig, PAnnealSAE
+from .relu_l1 import ReLUL1Config, ReLUL1SAE
+from .topk import TopKConfig, TopKSAE, per_token_top_k
+
+__all__ = [
+    "GatedConfig",
+    "GatedSAE",
+    "JumpReLUConfig",
+    "JumpReLUSAE",
+    "PAnnealConfig",
+    "PAnnealSAE",
+    "ReLUL1Config",
+    "ReLUL1SAE",
+    "TopKConfig",
+    "TopKSAE",
+    "UnitNormSAE",
+    "firing_count",
+    "jump_relu",
+    "per_token_top_k",
+    "steer_towards_l0",
+]

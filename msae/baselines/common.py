@@ -1,0 +1,102 @@
+"""What the baselines share: the unit-norm decoder, the firing counter, the penalty warm-up and
+the target-L0 controller.
+
+Penalty-based SAEs (ReLU-L1, Gated, JumpReLU, P-annealing) reach a target L0 the same way:
+their penalty coefficient ramps up linearly over the first ``penalty_warmup_fraction`` of
+``total_steps``, then, if ``target_l0`` is set, it is multiplied by ``1 + controller_rate``
+after every batch whose L0 is above the target and by ``1 - controller_rate`` after every
+batch below it (the law of ``msae.l1_sae``). The configured coefficient is only where it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ..autoencoder import SparseAutoencoder, geometric_median
+from ..sae import MatryoshkaBatchTopKSAE
+
+
+def warmup_steps(total_steps: int | None, fraction: float) -> int:
+    """Steps of the penalty's linear warm-up; none when the run length is unknown."""
+    return round(fraction * total_steps) if total_steps else 0
+
+
+def warmup_factor(step: int, n_warmup: int) -> float:
+    """Linear ramp of the penalty over ``n_warmup`` steps: (step + 1) / n_warmup, then 1."""
+    return min(1.0, (step + 1) / n_warmup) if n_warmup > 0 else 1.0
+
+
+@torch.no_grad()
+def steer_towards_l0(coefficient: torch.Tensor, l0: torch.Tensor, target_l0: float | None, rate: float) -> None:
+    """One step of the target-L0 controller, in place and on the device (no host sync)."""
+    if target_l0 is not None:
+        coefficient.mul_(torch.where(l0 < target_l0, 1 - rate, 1 + rate))
+
+
+def check_penalty_fields(config: Any) -> None:
+    """Validate the fields every penalty-based config has."""
+    if config.target_l0 is not None and not 0 < config.target_l0 <= config.d_sae:
+        raise ValueError(f"target_l0 must be in (0, d_sae={config.d_sae}], got {config.target_l0}")
+    if not 0 <= config.controller_rate < 1:
+        raise ValueError(f"controller_rate must be in [0, 1), got {config.controller_rate}")
+    if config.total_steps is not None and (not isinstance(config.total_steps, int) or config.total_steps <= 0):
+        raise ValueError(f"total_steps must be a positive integer or None, got {config.total_steps!r}")
+    if not 0 <= config.penalty_warmup_fraction <= 1:
+        raise ValueError(f"penalty_warmup_fraction must be in [0, 1], got {config.penalty_warmup_fraction}")
+    if config.dead_after_tokens <= 0:
+        raise ValueError(f"dead_after_tokens must be positive, got {config.dead_after_tokens}")
+
+
+class UnitNormSAE(SparseAutoencoder):
+    """Base of the baselines whose decoder rows stay at unit norm (TopK, Gated, JumpReLU,
+    P-annealing), initialised as ``msae.sae``: Kaiming-uniform decoder rows scaled to unit norm,
+    ``W_enc = W_dec.T``, ``b_enc = 0``, ``b_dec`` = geometric median of the first batch."""
+
+    def __init__(self, config: Any):
+        super().__init__(config.d_in, config.d_sae)
+        self.config = config
+        generator = torch.Generator().manual_seed(config.seed)
+        with torch.no_grad():
+            W_dec = torch.empty(config.d_sae, config.d_in)
+            torch.nn.init.kaiming_uniform_(W_dec, generator=generator)
+            self.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+            self.W_enc.copy_(self.W_dec.T)
+        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+
+    def initialize_from_batch(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.b_dec.copy_(geometric_median(x))
+
+    # Project out the norm-changing part of each row's gradient, renormalise after the step.
+    before_optimizer_step = MatryoshkaBatchTopKSAE.before_optimizer_step
+    after_optimizer_step = MatryoshkaBatchTopKSAE.after_optimizer_step
+
+    @torch.no_grad()
+    def count_firing(self, acts: torch.Tensor) -> torch.Tensor:
+        """Update the tokens-since-fired counter from (B, d_sae) ``acts``; returns the number of
+        dead latents (silent for ``dead_after_tokens``)."""
+        fired = acts.amax(0) > 0  # (d_sae,), no (B, d_sae) temporary
+        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + acts.shape[0]))
+        return (self.tokens_since_fired >= self.config.dead_after_tokens).sum()
+
+    def export_config(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **asdict(self.config)}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor], where: Any = "weights") -> None:
+        """Load the tensors :meth:`export_tensors` wrote (used by ``msae.io.load_sae``)."""
+        load_named_tensors(self, tensors, list(self.export_tensors()), where)
+
+
+def load_named_tensors(sae: torch.nn.Module, tensors: dict[str, torch.Tensor], names: list[str], where: Any) -> None:
+    """Copy ``tensors[name]`` into ``sae.<name>`` for each name, checking presence and shape."""
+    with torch.no_grad():
+        for name in names:
+            if name not in tensors:
+                raise ValueError(f"{where}: weights file has no {name!r}")
+            target = getattr(sae, name)
+            if tensors[name].shape != target.shape:
+                raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}")
+            target.copy_(tensors[name])

@@ -1,0 +1,116 @@
+"""P-annealing SAE (Karvonen et al. 2024, "Measuring progress in dictionary learning for
+language model interpretability with board game models"; dictionary_learning's
+``PAnnealTrainer`` with ``sparsity_function="Lp^p"`` as SAEBench trains it)::
+
+    acts  = ReLU((x - b_dec) @ W_enc + b_enc)                        (B, d_sae)
+    loss  = mean_b ||x - acts @ W_dec - b_dec||^2 + alpha * mean_b sum_i acts_i ** p
+
+p starts at ``p_start`` (1: an L1 SAE) and steps down to ``p_end`` in ``n_p_updates`` equal
+steps spread from ``anneal_start_fraction`` to ``anneal_end_fraction`` of the run. At each
+change alpha is multiplied by mean(L_p^p at the old p) / mean(L_p^p at the new p) over the
+``rescale_batches`` batches before it, so the penalty keeps its size when p changes. Decoder
+rows stay at unit norm. (We anneal to p_end at 80% of the run so the final p is trained
+through the learning-rate decay; dictionary_learning spreads the changes to the last step.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..autoencoder import StepOutput, check_dimensions
+from .common import UnitNormSAE, check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
+
+
+@dataclass
+class PAnnealConfig:
+    d_in: int
+    d_sae: int
+    total_steps: int | None = None  # required: the schedule is laid out over the run
+    target_l0: float | None = None  # None: alpha changes only when p does
+    lp_coefficient: float = 0.1  # alpha at the start; inputs normalised to E||x||^2 = 1
+    p_start: float = 1.0
+    p_end: float = 0.2
+    n_p_updates: int = 10
+    anneal_start_fraction: float = 0.05
+    anneal_end_fraction: float = 0.8
+    rescale_batches: int = 10
+    controller_rate: float = 3e-3
+    penalty_warmup_fraction: float = 0.05
+    dead_after_tokens: int = 10_000_000
+    seed: int = 0
+    model_name: str = ""
+    hook_name: str = ""
+
+    def __post_init__(self):
+        check_dimensions(self)
+        if self.total_steps is None:
+            raise ValueError("P-annealing lays its p schedule over the run: give total_steps (build_sae(..., steps=N))")
+        check_penalty_fields(self)
+        if not 0 < self.p_end <= self.p_start <= 1:
+            raise ValueError(f"need 0 < p_end <= p_start <= 1, got p_start={self.p_start}, p_end={self.p_end}")
+        if not 0 <= self.anneal_start_fraction <= self.anneal_end_fraction <= 1:
+            raise ValueError("need 0 <= anneal_start_fraction <= anneal_end_fraction <= 1, got "
+                             f"{self.anneal_start_fraction} and {self.anneal_end_fraction}")
+        if self.n_p_updates < 1 or self.rescale_batches < 1:
+            raise ValueError(f"n_p_updates and rescale_batches must be >= 1, got {self.n_p_updates}, {self.rescale_batches}")
+        if self.lp_coefficient < 0:
+            raise ValueError(f"lp_coefficient must be >= 0, got {self.lp_coefficient}")
+
+    def p_change_steps(self) -> list[int]:
+        """The steps at which p takes its next value (the last one sets p_end), increasing."""
+        last = self.total_steps - 1
+        start = min(round(self.anneal_start_fraction * self.total_steps), last)
+        end = min(round(self.anneal_end_fraction * self.total_steps), last)
+        return [round(start + (end - start) * i / max(1, self.n_p_updates - 1)) for i in range(self.n_p_updates)]
+
+    def p_at(self, step: int) -> float:
+        """p used at ``step``: p_start before the first change, p_end from the last one on."""
+        changes = sum(step >= s for s in self.p_change_steps())
+        return self.p_start + (self.p_end - self.p_start) * changes / self.n_p_updates
+
+
+class PAnnealSAE(UnitNormSAE):
+    architecture = "standard"  # SAELens runs it as a plain ReLU SAE
+
+    def __init__(self, config: PAnnealConfig):
+        super().__init__(config)
+        self.register_buffer("lp_coefficient", torch.tensor(float(config.lp_coefficient)))
+        # Sums of L_p^p at the current and at the next p over the batches before a change.
+        self.register_buffer("lp_sums", torch.zeros(2))
+        self.n_warmup = warmup_steps(config.total_steps, config.penalty_warmup_fraction)
+        self.change_steps = config.p_change_steps()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pre_activations(x)
+
+    @torch.no_grad()
+    def _rescale_for_p(self, acts: torch.Tensor, step: int, p: float) -> None:
+        """Accumulate L_p^p at p and at the next p before a change; at the change, rescale alpha."""
+        if step in self.change_steps and step > 0:
+            old, new = self.lp_sums
+            self.lp_coefficient.mul_(torch.where(new > 0, old / new, 1.0))
+            self.lp_sums.zero_()
+        upcoming = [s for s in self.change_steps if s > step]
+        if upcoming and upcoming[0] - step <= self.config.rescale_batches:
+            next_p = self.config.p_at(upcoming[0])
+            self.lp_sums[0] += acts.pow(p).sum(-1).mean()
+            self.lp_sums[1] += acts.pow(next_p).sum(-1).mean()
+
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        cfg, batch = self.config, x.shape[0]
+        p = cfg.p_at(step)
+        acts = self.pre_activations(x)  # (B, d_sae)
+        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)
+        mse = residual.pow(2).sum(-1).mean()
+        self._rescale_for_p(acts.detach(), step, p)
+        # ReLU's backward zeroes the infinite slope of acts ** p at acts = 0 (p < 1).
+        lp = acts.pow(p).sum() / batch
+        coefficient = self.lp_coefficient * warmup_factor(step, self.n_warmup)
+        l0 = (acts > 0).sum() / batch
+        if step >= self.n_warmup:
+            steer_towards_l0(self.lp_coefficient, l0, cfg.target_l0, cfg.controller_rate)
+        stats = {"mse": mse.detach(), "lp": lp.detach(), "p": torch.tensor(p), "l0": l0,
+                 "lp_coefficient": coefficient, "dead": self.count_firing(acts.detach())}
+        return StepOutput(mse + coefficient * lp, acts, residual.detach(), stats)

@@ -1,0 +1,68 @@
+"""ReLU SAE with an L1 penalty weighted by decoder norm (Anthropic, "Circuits Updates - April
+2024"; dictionary_learning's ``StandardTrainerAprilUpdate``)::
+
+    acts  = ReLU((x - b_dec) @ W_enc + b_enc)                        (B, d_sae)
+    loss  = mean_b ||x - acts @ W_dec - b_dec||^2 + lambda * mean_b sum_i acts_i ||W_dec_i||
+
+Decoder rows are not constrained: the penalty's decoder-norm weight stops the SAE from
+shrinking activations by growing rows. Rows start at norm 0.1 (``decoder_init_norm``), lambda
+ramps up linearly over the first 5% of the steps. This is :class:`msae.l1_sae.L1SAE` (the toy
+model's SAE) with one prefix, language-model defaults and a leaner step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..autoencoder import StepOutput
+from ..l1_sae import L1Config, L1SAE
+from .common import check_penalty_fields, steer_towards_l0, warmup_steps
+
+
+@dataclass
+class ReLUL1Config(L1Config):
+    """:class:`L1Config` with language-model defaults. ``l1_warmup_steps`` is derived from
+    ``total_steps`` when that is given; the toy-only options (``n_prefixes``, ``sort_latents``)
+    must stay off."""
+
+    l1_coefficient: float = 0.1  # start; inputs normalised to E||x||^2 = 1
+    controller_rate: float = 3e-3
+    total_steps: int | None = None
+    penalty_warmup_fraction: float = 0.05
+    dead_after_tokens: int = 10_000_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_penalty_fields(self)
+        if self.n_prefixes != 1 or self.sort_latents:
+            raise ValueError("the ReLU-L1 baseline is a plain SAE: n_prefixes must be 1 and sort_latents False "
+                             "(use msae.l1_sae.L1SAE for the toy model's Matryoshka variant)")
+        if self.total_steps is not None:
+            self.l1_warmup_steps = warmup_steps(self.total_steps, self.penalty_warmup_fraction)
+
+
+class ReLUL1SAE(L1SAE):
+    architecture = "standard"
+
+    def __init__(self, config: ReLUL1Config):
+        super().__init__(config)
+        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        cfg, batch = self.config, x.shape[0]
+        acts = self.pre_activations(x)  # (B, d_sae)
+        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)  # (B, d_in)
+        mse = residual.pow(2).sum(-1).mean()
+        l1 = acts.sum(0) @ self.W_dec.norm(dim=1) / batch  # mean_b sum_i acts_i ||W_dec_i||
+        l1_coefficient = self.current_l1_coefficient(step)
+        l0 = (acts > 0).sum() / batch
+        with torch.no_grad():
+            if step >= cfg.l1_warmup_steps:
+                steer_towards_l0(self.l1_coefficient, l0, cfg.target_l0, cfg.controller_rate)
+            fired = acts.amax(0) > 0
+            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
+        stats = {"mse": mse.detach(), "l1": l1.detach(), "l0": l0, "l1_coefficient": l1_coefficient,
+                 "dead": (self.tokens_since_fired >= cfg.dead_after_tokens).sum()}
+        return StepOutput(mse + l1_coefficient * l1, acts, residual.detach(), stats)

@@ -1,0 +1,109 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")::
+
+    pre   = ReLU((x - b_dec) @ W_enc + b_enc)                        (B, d_sae)
+    acts  = the k largest entries of each row of pre, zeros elsewhere  (exactly k per token,
+            fewer only where fewer than k are positive)
+    loss  = mean_b ||x - acts @ W_dec - b_dec||^2 + auxk_alpha * AuxK
+
+Unlike BatchTopK, the selection is per token, so ``encode`` needs no threshold. AuxK is the one
+of ``msae.sae`` (the top ``auxk_k`` dead latents regress the residual, normalised by its
+variance); decoder rows stay at unit norm. As in ``msae.sae``, a sparse step (``msae.sparse``:
+only the encoder's forward product is dense) gives the same loss and gradients as the dense one
+and is chosen when k is small against d_sae.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..autoencoder import StepOutput, check_dimensions
+from ..prefix_mse import sparse_cumulative_prefix_mse
+from ..sae import MatryoshkaBatchTopKSAE
+from ..sparse import ActiveLatents, selected_pre_activations
+from .common import UnitNormSAE
+
+
+@dataclass
+class TopKConfig:
+    d_in: int
+    d_sae: int
+    k: int  # active latents per token
+    auxk_alpha: float = 1 / 32
+    auxk_k: int | None = None  # dead latents AuxK may use per token; None: d_in // 2
+    dead_after_tokens: int = 10_000_000
+    seed: int = 0
+    model_name: str = ""
+    hook_name: str = ""
+
+    def __post_init__(self):
+        check_dimensions(self)
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be an integer in 1..d_sae={self.d_sae}, got {self.k!r}")
+        if self.auxk_k is None:
+            self.auxk_k = max(1, self.d_in // 2)
+        if self.dead_after_tokens <= 0:
+            raise ValueError(f"dead_after_tokens must be positive, got {self.dead_after_tokens}")
+
+
+def per_token_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest entries of each row of ``pre`` (..., d_sae); zero the rest."""
+    top = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+
+
+class TopKSAE(UnitNormSAE):
+    architecture = "topk"
+    kernels = "auto"  # "dense", "sparse" or "auto", as MatryoshkaBatchTopKSAE
+    sync_free_auxk: bool | None = None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return per_token_top_k(self.pre_activations(x), self.config.k)
+
+    def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
+        if self.uses_sparse_kernels():
+            return self._sparse_training_step(x)
+        pre = self.pre_activations(x)  # (B, d_sae)
+        acts = per_token_top_k(pre, self.config.k)
+        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)  # (B, d_in)
+        mse = residual.pow(2).sum(-1).mean()
+        dead = self.count_firing(acts)
+        auxk = self.auxk_loss(pre, residual.detach())
+        stats = {"mse": mse.detach(), "auxk": auxk.detach(), "l0": (acts > 0).sum() / x.shape[0], "dead": dead}
+        return StepOutput(mse + self.config.auxk_alpha * auxk, acts, residual.detach(), stats)
+
+    def _sparse_training_step(self, x: torch.Tensor) -> StepOutput:
+        """The dense step on the B*k selected entries only (same loss and gradients)."""
+        self.check_input(x)
+        batch, k = x.shape[0], self.config.k
+        x_centered = x - self.b_dec
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_centered, self.W_enc)  # (B, d_sae) before the ReLU, no graph
+            top = pre.topk(k, dim=-1, sorted=False)
+            cols, position = top.indices.sort(dim=-1)  # row-major order, as msae.sparse expects
+            values = top.values.gather(1, position).clamp_min(0.0).flatten()
+        rows = torch.arange(batch, device=x.device).repeat_interleave(k)
+        cols = cols.flatten()
+        values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, rows, cols, values)
+        mse, residual = sparse_cumulative_prefix_mse(rows, cols, values, self.W_dec, self.b_dec, x, [self.d_sae])
+        acts = ActiveLatents(rows, cols, values.detach(), (batch, self.d_sae))
+        with torch.no_grad():
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, cols[values > 0], True)
+            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
+            dead = (self.tokens_since_fired >= self.config.dead_after_tokens).sum()
+        auxk = self._sparse_auxk_loss(x_centered, pre, residual)
+        stats = {"mse": mse[0].detach(), "auxk": auxk.detach(), "l0": (values > 0).sum() / batch, "dead": dead}
+        return StepOutput(mse[0] + self.config.auxk_alpha * auxk, acts, residual, stats)
+
+    # The BatchTopK SAE's AuxK (dense and sparse) and kernel choice: they read tokens_since_fired,
+    # config.k, config.auxk_k, config.dead_after_tokens and the weights.
+    auxk_loss = MatryoshkaBatchTopKSAE.auxk_loss
+    _sparse_auxk_loss = MatryoshkaBatchTopKSAE._sparse_auxk_loss
+    uses_sparse_kernels = MatryoshkaBatchTopKSAE.uses_sparse_kernels
+
+    def saelens_config(self) -> dict[str, Any]:
+        """cfg.json fields SAELens needs to run this SAE: its k (newer versions read ``k``,
+        older ones the activation function's kwargs)."""
+        return {"k": self.config.k, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.config.k}}
