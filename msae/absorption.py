@@ -1,0 +1,698 @@
+"""Feature absorption and feature splitting on the first-letter task (Chanin et al. 2024, "A is
+for Absorption"), as SAEBench's ``absorption`` eval defines them. Paper Figs 1 and 6.
+
+Pipeline, once per model and hook point:
+    letter_tokens(tokenizer)            vocabulary tokens made of letters only, split 80/20
+    letter_activations(model, ...)      residual stream at the word in an ICL prompt ending in
+                                        "{word} has the first letter:"            (n, d_model)
+    train_letter_probes(data)           one-vs-rest logistic probes, all 26 letters at once
+and per SAE:
+    evaluate_absorption(sae, data, probes)
+        1. k-sparse probing: rank latents by an L1-regularised logistic probe on the SAE's
+           latents; the letter's main latents are the top k, k grown while the test F1 of a
+           logistic probe on those k latents rises by more than 0.03 (k <= 10). Their number
+           is the letter's split count.
+        2. absorption fraction, on test words of the letter that the model probe gets right:
+           of the activation's projection on the probe direction, the share carried by up to
+           3 other probe-aligned latents instead of the main latents.
+
+Where we differ from SAEBench, and why:
+- The activations of each word are computed once and reused for every SAE (SAEBench reruns
+  the model with freshly shuffled ICL examples when it measures absorption). ICL examples
+  are drawn with a seed (SAEBench's are unseeded), and the word's position is found from the
+  tokenisation rather than fixed at -6 tokens from the end, so any tokenizer works.
+- Probes are fitted to convergence (L-BFGS; FISTA for the L1 ranking probe; Newton for the
+  k-sparse probes, with scikit-learn's objective) instead of 50 epochs of Adam, so results
+  do not depend on the optimiser's step count. The L1 ranking probe then has exact zeros;
+  latents at zero are ranked by how hard the loss pulls them positive.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PROMPT_TEMPLATE = "{word} has the first letter:"
+_ASCII_LETTERS = frozenset(LETTERS + LETTERS.upper())
+
+
+# --- vocabulary ---------------------------------------------------------------------------
+
+
+@dataclass
+class LetterWords:
+    """Words (as the tokenizer spells them, e.g. " cat"), their first letter and their split."""
+
+    words: list[str]
+    letters: torch.Tensor  # (n,) long, 0..25: index of the word's first letter in LETTERS
+    is_train: torch.Tensor  # (n,) bool
+
+    def __post_init__(self):
+        self.letters = torch.as_tensor(self.letters, dtype=torch.long)
+        self.is_train = torch.as_tensor(self.is_train, dtype=torch.bool)
+        n = len(self.words)
+        if self.letters.shape != (n,) or self.is_train.shape != (n,):
+            raise ValueError(
+                f"{n} words but letters has shape {tuple(self.letters.shape)} and is_train "
+                f"{tuple(self.is_train.shape)}; both must be ({n},)"
+            )
+        if n and not (0 <= int(self.letters.min()) and int(self.letters.max()) < len(LETTERS)):
+            raise ValueError("letters must be indices 0..25 into LETTERS")
+        if any(not isinstance(w, str) or not w.strip() for w in self.words):
+            raise ValueError("every word must be a non-empty string")
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def first_letter_index(word: str) -> int:
+    """0..25 for the word's first letter (case-insensitive, leading space ignored)."""
+    return LETTERS.index(word.strip()[0].lower())
+
+
+def is_letter_word(text: str) -> bool:
+    """A single word of ASCII letters, with at most one leading space (SAEBench's filter)."""
+    text = text[1:] if text.startswith(" ") else text
+    return bool(text) and all(c in _ASCII_LETTERS for c in text)
+
+
+def letter_tokens(tokenizer, train_fraction: float = 0.8, seed: int = 0, max_words: int | None = None) -> LetterWords:
+    """The vocabulary tokens that spell one word of letters (``" cat"``, ``"Paris"``), labelled
+    by first letter (lower-cased, as SAEBench does) and split at random into train and test.
+
+    ``max_words`` keeps a random subset (the default model has ~47k such tokens; the notebooks
+    use a few thousand). The split depends only on the set of words and ``seed``.
+    """
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    spelled = {tokenizer.convert_tokens_to_string([token]) for token in tokenizer.get_vocab()}
+    words = sorted(w for w in spelled if is_letter_word(w))
+    if not words:
+        raise ValueError("the tokenizer has no token made of letters only")
+    order = torch.randperm(len(words), generator=torch.Generator().manual_seed(seed))
+    if max_words is not None:
+        if max_words < 2:
+            raise ValueError(f"max_words must be at least 2, got {max_words}")
+        order = order[:max_words]
+    words = [words[i] for i in order.tolist()]
+    is_train = torch.zeros(len(words), dtype=torch.bool)
+    is_train[: int(len(words) * train_fraction)] = True
+    return LetterWords(words, torch.tensor([first_letter_index(w) for w in words]), is_train)
+
+
+# --- prompts and activations ----------------------------------------------------------------
+
+
+def letter_prompts(
+    words: LetterWords, n_icl_examples: int = 10, seed: int = 0, template: str = PROMPT_TEMPLATE
+) -> tuple[list[str], list[int]]:
+    """SAEBench's ICL prompts: ``n_icl_examples`` other words of the same split, each answered
+    (``" cat has the first letter: C"``), one per line, then the word's own unanswered line.
+
+    Returns the prompts and, for each, the character offset just past the word.
+    """
+    if "{word}" not in template:
+        raise ValueError(f"template must contain '{{word}}', got {template!r}")
+    head, tail = template.split("{word}", 1)
+    rng = random.Random(seed)
+    pools = {True: [], False: []}
+    for word, train in zip(words.words, words.is_train.tolist()):
+        pools[train].append(word)
+    prompts, word_ends = [], []
+    for word, train in zip(words.words, words.is_train.tolist()):
+        pool = pools[train]
+        picks = rng.sample(pool, min(n_icl_examples + 1, len(pool)))
+        examples = [w for w in picks if w != word][:n_icl_examples]
+        lines = [f"{head}{w}{tail} {w.strip()[0].upper()}" for w in examples]
+        context = "".join(line + "\n" for line in lines) + head
+        prompts.append(context + word + tail)
+        word_ends.append(len(context) + len(word))
+    return prompts, word_ends
+
+
+@torch.no_grad()
+def letter_activations(
+    model,
+    hook_name: str,
+    words: LetterWords,
+    n_icl_examples: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+    template: str = PROMPT_TEMPLATE,
+    progress: bool = False,
+) -> torch.Tensor:
+    """(n_words, d_model) float32: the activation at ``hook_name`` at the word's (last) token of
+    its prompt (``letter_prompts``). One forward per batch, stopped after the hook's layer.
+
+    Prompts are tokenised as ``model.to_tokens`` does (BOS per the model's default) and padded
+    on the right, which leaves the earlier positions of a causal model untouched.
+    """
+    from tqdm.auto import tqdm
+
+    from .lm import check_hook_name
+
+    layer = check_hook_name(model, hook_name)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    prompts, word_ends = letter_prompts(words, n_icl_examples, seed, template)
+    tokens, positions = [], []
+    for prompt, end in zip(prompts, word_ends):
+        full = model.to_tokens(prompt, truncate=False)[0]
+        upto_word = model.to_tokens(prompt[:end], truncate=False)[0]
+        position = len(upto_word) - 1
+        if len(full) > model.cfg.n_ctx:
+            raise ValueError(f"a prompt has {len(full)} tokens, more than the model's n_ctx={model.cfg.n_ctx}; "
+                             "use fewer ICL examples")
+        if not torch.equal(full[: len(upto_word)], upto_word):
+            raise ValueError(f"the tokenizer merges the word with the text after it in {prompt[-80:]!r}")
+        tokens.append(full)
+        positions.append(position)
+    out = torch.empty(len(prompts), model.cfg.d_model)
+    device = model.cfg.device
+    for start in tqdm(range(0, len(prompts), batch_size), desc="letter activations", disable=not progress):
+        chunk = tokens[start : start + batch_size]
+        lengths = torch.tensor([len(t) for t in chunk])
+        batch = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)  # (B, T), zeros on the right
+        mask = (torch.arange(batch.shape[1]) < lengths[:, None]).long()
+        _, cache = model.run_with_cache(
+            batch.to(device), attention_mask=mask.to(device), names_filter=hook_name, stop_at_layer=layer + 1
+        )
+        at_word = torch.tensor(positions[start : start + len(chunk)])
+        out[start : start + len(chunk)] = cache[hook_name][torch.arange(len(chunk)), at_word].float().cpu()
+    return out
+
+
+@dataclass
+class LetterDataset:
+    """The words and their activations: computed once per model and hook, reused per SAE."""
+
+    words: LetterWords
+    activations: torch.Tensor  # (n, d_model) float32
+    hook_name: str = ""
+    model_name: str = ""
+    n_icl_examples: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.activations.ndim != 2 or self.activations.shape[0] != len(self.words):
+            raise ValueError(
+                f"activations must be ({len(self.words)}, d_model), got {tuple(self.activations.shape)}"
+            )
+        if not torch.isfinite(self.activations).all():
+            raise ValueError("activations contain NaN or infinite values")
+        self.activations = self.activations.float()
+
+
+def collect_letter_dataset(
+    model,
+    hook_name: str,
+    train_fraction: float = 0.8,
+    seed: int = 0,
+    max_words: int | None = None,
+    n_icl_examples: int = 10,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> LetterDataset:
+    """``letter_tokens`` on the model's tokenizer, then ``letter_activations``."""
+    words = letter_tokens(model.tokenizer, train_fraction, seed, max_words)
+    acts = letter_activations(model, hook_name, words, n_icl_examples, seed, batch_size, progress=progress)
+    return LetterDataset(words, acts, hook_name, getattr(model.cfg, "model_name", ""), n_icl_examples, seed)
+
+
+def save_letter_dataset(data: LetterDataset, folder: str | Path) -> Path:
+    """Write ``letter_activations.pt`` and ``letter_words.json`` into ``folder``."""
+    from .checkpoint import atomic_write, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "letter_activations.pt", lambda f: torch.save(data.activations.contiguous(), f))
+    write_json(folder / "letter_words.json", {
+        "words": data.words.words,
+        "letters": data.words.letters.tolist(),
+        "is_train": data.words.is_train.tolist(),
+        "hook_name": data.hook_name,
+        "model_name": data.model_name,
+        "n_icl_examples": data.n_icl_examples,
+        "seed": data.seed,
+    })
+    return folder
+
+
+def load_letter_dataset(folder: str | Path) -> LetterDataset:
+    folder = Path(folder)
+    meta = json.loads((folder / "letter_words.json").read_text())
+    acts = torch.load(folder / "letter_activations.pt", weights_only=True)
+    words = LetterWords(meta["words"], torch.tensor(meta["letters"]), torch.tensor(meta["is_train"]))
+    return LetterDataset(words, acts, meta["hook_name"], meta["model_name"], meta["n_icl_examples"], meta["seed"])
+
+
+# --- logistic regression helpers (vectorised over letters) ----------------------------------
+
+
+def f1_scores(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+    """Per-column F1 of bool (n, C) predictions; 0 where a column has no positives at all."""
+    predicted, actual = predicted.bool(), actual.bool()
+    tp = (predicted & actual).sum(0).double()
+    denominator = predicted.sum(0).double() + actual.sum(0).double()
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.zeros_like(tp))
+
+
+def _one_hot(letters: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(letters, len(LETTERS)).double()  # (n, 26)
+
+
+def _balanced_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """(C,) mean over rows of SAEBench's class-balanced BCE: positives weighted n_neg / n_pos."""
+    loss = pos_weight * targets * F.softplus(-logits) + (1 - targets) * F.softplus(logits)
+    return loss.mean(0)
+
+
+def _pos_weight(targets: torch.Tensor) -> torch.Tensor:
+    n_pos = targets.sum(0)
+    return (len(targets) - n_pos) / n_pos.clamp_min(1)
+
+
+# --- the model-activation probes --------------------------------------------------------------
+
+
+@dataclass
+class LetterProbes:
+    """One-vs-rest logistic probes on model activations: ``logits = x @ weight.T + bias``."""
+
+    weight: torch.Tensor  # (26, d_model)
+    bias: torch.Tensor  # (26,)
+    test_f1: torch.Tensor  # (26,) F1 on the test split (logit > 0)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_model) -> (n, 26)."""
+        return x.to(self.weight.dtype) @ self.weight.T + self.bias
+
+    @property
+    def directions(self) -> torch.Tensor:
+        """(26, d_model) unit probe directions."""
+        return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def train_letter_probes(data: LetterDataset, l2: float = 1e-3, max_iter: int = 500) -> LetterProbes:
+    """Fit the 26 probes on the train split, jointly (one L-BFGS run on the sum of the 26
+    independent objectives): per letter, SAEBench's class-balanced BCE (mean over words) plus
+    ``l2 / 2 * |w|^2``, with activations centred and scaled by one scalar to unit mean squared
+    norm while fitting. One scalar keeps the penalty isotropic in activation space, so the
+    probe directions are those of the raw activations."""
+    x = data.activations[data.words.is_train].double()  # (n, d)
+    if len(x) == 0:
+        raise ValueError("the dataset has no train words")
+    targets = _one_hot(data.words.letters[data.words.is_train])  # (n, 26)
+    mean = x.mean(0)
+    scale = (x - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    xs = (x - mean) / scale
+    pos_weight = _pos_weight(targets)
+    weight = torch.zeros(len(LETTERS), x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(LETTERS), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        loss = _balanced_bce(xs @ weight.T + bias, targets, pos_weight).sum() + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    # Undo the standardisation: w.(x - m)/s + b = (w/s).x + (b - w.m/s).
+    raw_weight = weight.detach() / scale
+    raw_bias = bias.detach() - raw_weight @ mean
+    probes = LetterProbes(raw_weight, raw_bias, torch.zeros(len(LETTERS), dtype=torch.float64))
+    test = ~data.words.is_train
+    if test.any():
+        predicted = probes.logits(data.activations[test].double()) > 0
+        probes.test_f1 = f1_scores(predicted, _one_hot(data.words.letters[test]) > 0)
+    return probes
+
+
+# --- k-sparse probing on SAE latents ---------------------------------------------------------
+
+
+def l1_probe_weights(
+    acts: torch.Tensor,
+    letters: torch.Tensor,
+    l1: float = 0.01,
+    n_iter: int = 300,
+    working_size: int = 64,
+    max_rounds: int = 10,
+):
+    """The L1-regularised one-vs-rest logistic probes SAEBench ranks latents with. Per letter:
+    class-balanced BCE (mean over rows) + ``l1 * |w|_1`` on (n, d_sae) ``acts``.
+
+    Solved on working sets, as L1 solvers usually are: FISTA on each letter's ``working_size``
+    most promising latents, then one full gradient; latents that violate the optimality
+    condition (|gradient| > l1 at zero weight) join the set, until none does.
+
+    Returns ``(weight (26, d_sae), bias (26,), gradient (26, d_sae))``, the last being the
+    smooth part's gradient at the solution (used to rank latents left at zero). Letters
+    without positive (or negative) rows get zeros.
+    """
+    n, d = acts.shape
+    acts = acts.float()
+    all_targets = _one_hot(letters).float()  # (n, 26)
+    # Only letters with both classes in the data have a finite solution; others stay at zero.
+    n_pos = all_targets.sum(0)
+    fitted = ((n_pos > 0) & (n_pos < n)).nonzero()[:, 0]
+    targets = all_targets[:, fitted]  # (n, C)
+    pos_weight = _pos_weight(targets)
+
+    def full_gradient(weight, bias):
+        z = acts @ weight.T + bias  # (n, C)
+        residual = (torch.sigmoid(z) * (1 - targets) - torch.sigmoid(-z) * targets * pos_weight) / n
+        return residual.T @ acts  # (C, d)
+
+    weight = torch.zeros(len(fitted), d)
+    bias = torch.zeros(len(fitted))
+    gradient = full_gradient(weight, bias)
+    working = gradient.abs().topk(min(working_size, d), dim=1).indices  # (C, M)
+    for _ in range(max_rounds if len(fitted) else 0):
+        x = acts.T[working]  # (C, M, n): each letter's working latents
+        w, bias = _fista_logistic(x, targets.T, pos_weight, weight.gather(1, working), bias, l1, n_iter)
+        weight = torch.zeros_like(weight).scatter_(1, working, w)
+        gradient = full_gradient(weight, bias)
+        outside = torch.ones_like(weight, dtype=torch.bool).scatter_(1, working, False)
+        violation = torch.where(outside, gradient.abs() - l1, torch.full_like(gradient, -torch.inf))
+        n_new = min(working_size, d - working.shape[1])
+        if n_new == 0 or float(violation.max()) <= 1e-3 * l1:
+            break
+        working = torch.cat([working, violation.topk(n_new, dim=1).indices], dim=1)
+    out_weight, out_gradient = torch.zeros(len(LETTERS), d), torch.zeros(len(LETTERS), d)
+    out_bias = torch.zeros(len(LETTERS))
+    out_weight[fitted], out_bias[fitted], out_gradient[fitted] = weight, bias, gradient
+    return out_weight, out_bias, out_gradient
+
+
+def _fista_logistic(x, targets, pos_weight, w, b, l1, n_iter, tol=1e-5):
+    """FISTA for B independent L1 logistic problems (balanced BCE, mean over rows).
+
+    x (B, M, n) features, targets (B, n), pos_weight (B,), w (B, M) and b (B,) the start.
+    Steps use a diagonal majoriser of each Hessian, so each latent's step fits its own scale;
+    momentum restarts per problem when it points uphill.
+    """
+    n = x.shape[2]
+    pos_weight = pos_weight[:, None]
+    row_weight = torch.where(targets > 0, pos_weight, torch.ones_like(targets))  # (B, n)
+    # Hessian <= (1/4n) sum_i r_i a_i a_i^T <= diag((1/4n) sum_i r_i |a_ij| (|a_i|_1 + 1)).
+    x = x.contiguous()
+    x_t = x.transpose(1, 2).contiguous()  # (B, n, M): row-vector products are fast both ways
+    abs_x_t = x_t.abs()
+    weighted = row_weight * (abs_x_t.sum(2) + 1) / (4 * n)  # (B, n)
+    step_w = 1 / torch.bmm(weighted[:, None, :], abs_x_t)[:, 0].clamp_min(1e-12)  # (B, M)
+    step_b = 1 / weighted.sum(1)  # (B,)
+
+    def gradient(w, b):
+        z = torch.bmm(w[:, None, :], x)[:, 0] + b[:, None]  # (B, n)
+        residual = (torch.sigmoid(z) * (1 - targets) - torch.sigmoid(-z) * targets * pos_weight) / n
+        return torch.bmm(residual[:, None, :], x_t)[:, 0], residual.sum(1)
+
+    v_w, v_b = w, b
+    momentum = torch.ones(len(w))
+    for _ in range(n_iter):
+        g_w, g_b = gradient(v_w, v_b)
+        moved = v_w - step_w * g_w
+        new_w = torch.sign(moved) * (moved.abs() - l1 * step_w).clamp_min(0)
+        new_b = v_b - step_b * g_b
+        uphill = ((v_w - new_w) * (new_w - w)).sum(1) + (v_b - new_b) * (new_b - b) > 0
+        momentum = torch.where(uphill, torch.ones_like(momentum), momentum)
+        next_momentum = (1 + (1 + 4 * momentum**2).sqrt()) / 2
+        beta = ((momentum - 1) / next_momentum)[:, None]
+        change = max(float((new_w - w).abs().max()), float((new_b - b).abs().max()))
+        v_w, v_b = new_w + beta * (new_w - w), new_b + beta[:, 0] * (new_b - b)
+        w, b, momentum = new_w, new_b, next_momentum
+        if change < tol * (1 + float(w.abs().max())):
+            break
+    return w, b
+
+
+def rank_latents(weight: torch.Tensor, gradient: torch.Tensor, k: int) -> torch.Tensor:
+    """(26, k) latent ids per letter, highest first: positive weights by size (SAEBench takes
+    the top-k of the signed weights), then latents at zero by how hard the loss pulls them
+    up (-gradient), then negative weights."""
+    # Three tiers, each ordered within itself: tier 2 (w > 0) > tier 1 (w = 0) > tier 0 (w < 0).
+    tier = (weight > 0).long() * 2 + (weight == 0).long()
+    within = torch.where(weight == 0, -gradient, weight)
+    order_within = within.argsort(dim=1, descending=True, stable=True)
+    tier_sorted = tier.gather(1, order_within)
+    order_tier = tier_sorted.argsort(dim=1, descending=True, stable=True)
+    return order_within.gather(1, order_tier)[:, :k]
+
+
+def fit_sparse_probes(x: torch.Tensor, targets: torch.Tensor, C: float = 1.0, n_iter: int = 100):
+    """Batched scikit-learn ``LogisticRegression(C=C, class_weight="balanced")``: for each of B
+    problems, minimise ``|w|^2 / 2 + C * sum_i s_i * logloss_i`` (balanced sample weights
+    ``s``, unpenalised intercept) by Newton steps with backtracking.
+
+    Args: x (B, n, k) features, targets (B, n) in {0, 1}. Returns w (B, k), b (B,).
+    """
+    x, targets = x.double(), targets.double()
+    B, n, k = x.shape
+    n_pos = targets.sum(1, keepdim=True)
+    sample_weight = torch.where(targets > 0, n / (2 * n_pos.clamp_min(1)), n / (2 * (n - n_pos).clamp_min(1)))
+    xb = torch.cat([x, torch.ones(B, n, 1, dtype=x.dtype)], dim=2)  # (B, n, k+1)
+    penalty = torch.ones(k + 1, dtype=x.dtype)
+    penalty[k] = 0  # the intercept is not penalised
+
+    def objective(z, theta):  # z (B, n) the logits of theta (B, k+1) -> (B,)
+        loss = targets * F.softplus(-z) + (1 - targets) * F.softplus(z)
+        return 0.5 * (penalty * theta.pow(2)).sum(-1) + C * (sample_weight * loss).sum(-1)
+
+    theta = torch.zeros(B, k + 1, dtype=x.dtype)
+    z = torch.zeros(B, n, dtype=x.dtype)
+    value = objective(z, theta)
+    for _ in range(n_iter):
+        p = torch.sigmoid(z)
+        grad = penalty * theta + C * torch.einsum("bnk,bn->bk", xb, sample_weight * (p - targets))
+        curvature = C * sample_weight * p * (1 - p)  # (B, n)
+        # (The tiny ridge keeps the intercept's curvature positive when a class is absent.)
+        hess = torch.diag_embed(penalty.expand(B, -1) + 1e-9 * n) + (xb * curvature[..., None]).transpose(1, 2) @ xb
+        direction = -torch.linalg.solve(hess, grad)  # (B, k+1)
+        decrement = -(grad * direction).sum(1)  # Newton decrement squared, >= 0
+        if float((decrement / (1 + value.abs())).max()) < 1e-14:
+            break
+        z_direction = torch.einsum("bnk,bk->bn", xb, direction)  # logits are linear in theta
+        step = torch.ones(B, dtype=x.dtype)
+        for _ in range(40):  # halve the step where it does not decrease the objective enough
+            new_value = objective(z + step[:, None] * z_direction, theta + step[:, None] * direction)
+            ok = new_value <= value - 1e-4 * step * decrement
+            if bool(ok.all()):
+                break
+            step = torch.where(ok, step, step / 2)
+        theta = theta + step[:, None] * direction
+        z = z + step[:, None] * z_direction
+        value = objective(z, theta)
+    return theta[:, :k], theta[:, k]
+
+
+# --- the absorption fraction -------------------------------------------------------------------
+
+
+@dataclass
+class AbsorptionConfig:
+    """SAEBench's absorption settings (its names in comments)."""
+
+    max_k: int = 10  # max_k_value
+    f1_jump_threshold: float = 0.03  # f1_jump_threshold
+    l1: float = 0.01  # k_sparse_probe_l1_decay
+    l1_iterations: int = 300  # FISTA iterations per working set
+    absorber_min_cos: float = 0.1  # absorption_fraction_probe_cos_sim_threshold
+    max_absorbers: int = 3  # absorption_fraction_max_absorbing_latents
+    min_projection_share: float = 0.4  # probe_projection_proportion_threshold
+    full_absorption_min_cos: float = 0.025  # full_absorption_probe_cos_sim_threshold
+    min_probe_f1: float = 0.6  # min_GT_probe_f1
+    min_letters: int = 20  # min_feats_for_eval
+    chunk_size: int = 1024  # words per encode / absorption chunk (memory only)
+
+
+def absorption_fractions(
+    x: torch.Tensor,
+    acts: torch.Tensor,
+    probe_direction: torch.Tensor,
+    decoder_cos: torch.Tensor,
+    main: torch.Tensor,
+    config: AbsorptionConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAEBench's per-word absorption fraction and full-absorption flag, for m words at once.
+
+    Args:
+        x: (m, d_model) model activations; acts: (m, d_sae) the SAE's latents on them.
+        probe_direction: (m, d_model) unit probe direction of each word's letter.
+        decoder_cos: (m, d_sae) cosine of each decoder row with that direction.
+        main: (m, d_sae) bool, the letter's main latents.
+
+    With ``p = x . probe``, ``proj_j = acts_j * cos_j``, ``M`` the main latents' summed proj
+    and ``A`` the summed proj of the top ``max_absorbers`` other latents with cos >= 0.1 and
+    proj > 0: the fraction is 0 if ``M >= p`` or ``A / p < 0.4``; else 1 if ``M <= 0``; else
+    ``min(A, p - M) / (min(A, p - M) + M)``. Full absorption: no main latent fires, and the
+    latent with the largest proj has cos >= 0.025 and carries at least 0.4 of ``p > 0``.
+    """
+    config = config or AbsorptionConfig()
+    probe_projection = (x * probe_direction).sum(-1)  # (m,)
+    proj = acts * decoder_cos  # (m, d_sae)
+    main_projection = (proj * main).sum(-1)
+    candidates = ~main & (decoder_cos >= config.absorber_min_cos) & (proj > 0)
+    absorber_values = torch.where(candidates, proj, torch.zeros_like(proj))
+    n_absorbers = min(config.max_absorbers, proj.shape[-1])
+    absorbed = absorber_values.topk(n_absorbers, dim=-1).values.sum(-1)
+    positive = probe_projection > 0
+    share = torch.where(positive, absorbed / probe_projection.where(positive, torch.ones_like(probe_projection)),
+                        torch.zeros_like(absorbed))
+    partial = torch.minimum(absorbed, probe_projection - main_projection)
+    fraction = (partial / (partial + main_projection).clamp_min(1e-12)).clamp(0, 1)
+    fraction = torch.where(main_projection <= 0, torch.ones_like(fraction), fraction)
+    fraction = torch.where((main_projection >= probe_projection) | (share < config.min_projection_share),
+                           torch.zeros_like(fraction), fraction)
+
+    main_silent = ~((acts.abs() >= 1e-8) & main).any(-1)
+    top_projection, top_latent = proj.max(-1)
+    top_cos = decoder_cos.gather(-1, top_latent[:, None])[:, 0]
+    full = (main_silent & (top_cos >= config.full_absorption_min_cos) & positive
+            & (top_projection >= config.min_projection_share * probe_projection))
+    return fraction, full
+
+
+# --- per-SAE evaluation ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_in_chunks(sae, x: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """(n, d_in) -> (n, d_sae) float32 on the CPU, ``sae.encode`` a chunk at a time."""
+    param = sae.W_dec
+    out = [sae.encode(x[i : i + chunk_size].to(param.device, param.dtype)).float().cpu()
+           for i in range(0, len(x), chunk_size)]
+    return torch.cat(out) if out else torch.empty(0, param.shape[0])
+
+
+def main_latents(
+    train_acts: torch.Tensor,
+    train_letters: torch.Tensor,
+    test_acts: torch.Tensor,
+    test_letters: torch.Tensor,
+    config: AbsorptionConfig | None = None,
+) -> tuple[list[list[int]], torch.Tensor]:
+    """k-sparse probing. Returns each letter's main latents and the (max_k, 26) test F1 of the
+    k-sparse probes for k = 1..max_k. A letter keeps the top-k latents while each step from
+    k-1 to k raises F1 by more than ``f1_jump_threshold`` (k = 1 always; none for a letter
+    without train words)."""
+    config = config or AbsorptionConfig()
+    max_k = min(config.max_k, train_acts.shape[1])
+    weight, _, gradient = l1_probe_weights(train_acts, train_letters, config.l1, config.l1_iterations)
+    ranked = rank_latents(weight, gradient, max_k)  # (26, max_k)
+    train_targets = _one_hot(train_letters).T  # (26, n_train)
+    test_targets = _one_hot(test_letters) > 0  # (n_test, 26)
+    n_pos = train_targets.sum(1)
+    fitted = ((n_pos > 0) & (n_pos < len(train_letters))).nonzero()[:, 0]  # letters a probe can learn
+    f1 = torch.zeros(max_k, len(LETTERS), dtype=torch.float64)
+    for k in range(1, max_k + 1 if len(fitted) else 1):
+        ids = ranked[fitted, :k]  # (C, k)
+        w, b = fit_sparse_probes(train_acts[:, ids].permute(1, 0, 2), train_targets[fitted])  # (C, n, k)
+        logits = torch.einsum("cnk,ck->nc", test_acts[:, ids].permute(1, 0, 2).double(), w) + b  # (n_test, C)
+        f1[k - 1, fitted] = f1_scores(logits > 0, test_targets[:, fitted])
+    jumps = (f1[1:] - f1[:-1]) > config.f1_jump_threshold  # (max_k-1, 26)
+    n_main = 1 + jumps.long().cumprod(0).sum(0)  # leading run of jumps
+    n_main[n_pos == 0] = 0  # no word of the letter to probe for
+    return [ranked[c, : int(n_main[c])].tolist() for c in range(len(LETTERS))], f1
+
+
+@torch.no_grad()
+def evaluate_absorption(
+    sae, data: LetterDataset, probes: LetterProbes, config: AbsorptionConfig | None = None
+) -> dict[str, Any]:
+    """Absorption and feature splitting of one SAE (anything with ``encode``, ``W_dec``).
+
+    Returns a JSON-serialisable dict: the means over scored letters (those with at least one
+    test word the probe gets right, as SAEBench), their standard deviations, and per letter the
+    main latents, the split count, the k-sparse F1s, the mean absorption fraction and the
+    full-absorption rate. ``enough_letters`` is SAEBench's guard: at least ``min_letters``
+    letters whose probe has test F1 > ``min_probe_f1`` (otherwise SAEBench declines to score).
+    """
+    config = config or AbsorptionConfig()
+    x = data.activations
+    W_dec = sae.W_dec.detach().float().cpu()  # (d_sae, d_in)
+    if W_dec.shape[1] != x.shape[1] or probes.weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"widths disagree: activations d_model={x.shape[1]}, SAE W_dec {tuple(W_dec.shape)}, "
+            f"probes {tuple(probes.weight.shape)}"
+        )
+    train, test = data.words.is_train, ~data.words.is_train
+    letters = data.words.letters
+    acts = encode_in_chunks(sae, x, config.chunk_size)  # (n, d_sae)
+    if not torch.isfinite(acts).all():
+        raise ValueError("the SAE's latents contain NaN or infinite values")
+    main, f1 = main_latents(acts[train], letters[train], acts[test], letters[test], config)
+    main_mask = torch.zeros(len(LETTERS), W_dec.shape[0], dtype=torch.bool)
+    for c, ids in enumerate(main):
+        main_mask[c, ids] = True
+
+    # Test words of each letter that the model probe gets right.
+    logits = probes.logits(x.double())  # (n, 26)
+    right = test & (logits.gather(1, letters[:, None])[:, 0] > 0)
+    idx = right.nonzero()[:, 0]
+    directions = probes.directions.float()  # (26, d)
+    decoder_cos = directions @ (W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)).T  # (26, d_sae)
+    fraction = torch.zeros(len(idx))
+    full = torch.zeros(len(idx), dtype=torch.bool)
+    for s in range(0, len(idx), config.chunk_size):
+        rows = idx[s : s + config.chunk_size]
+        c = letters[rows]
+        fraction[s : s + len(rows)], full[s : s + len(rows)] = absorption_fractions(
+            x[rows], acts[rows], directions[c], decoder_cos[c], main_mask[c], config
+        )
+    c = letters[idx]
+    n_true_positives = torch.bincount(c, minlength=len(LETTERS))
+    fraction_sum = torch.zeros(len(LETTERS), dtype=torch.float64).index_add_(0, c, fraction.double())
+    full_count = torch.bincount(c, weights=full.double(), minlength=len(LETTERS))
+
+    per_letter, scored = {}, []
+    for i, letter in enumerate(LETTERS):
+        n_tp = int(n_true_positives[i])
+        row = {
+            "main_latents": main[i],
+            "num_split_latents": len(main[i]),
+            "k_sparse_f1": f1[:, i].tolist(),
+            "probe_test_f1": float(probes.test_f1[i]),
+            "num_probe_true_positives": n_tp,
+            "mean_absorption_fraction": float(fraction_sum[i]) / n_tp if n_tp else None,
+            "num_full_absorption": int(full_count[i]),
+            "full_absorption_rate": float(full_count[i]) / n_tp if n_tp else None,
+        }
+        per_letter[letter] = row
+        if n_tp:
+            scored.append(row)
+
+    def mean_and_std(key):
+        values = [row[key] for row in scored]
+        if not values:
+            return None, None
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    n_probe_ok = int((probes.test_f1 > config.min_probe_f1).sum())
+    absorption, absorption_std = mean_and_std("mean_absorption_fraction")
+    full_rate, full_std = mean_and_std("full_absorption_rate")
+    splits, splits_std = mean_and_std("num_split_latents")
+    return {
+        "mean_absorption_fraction": absorption,
+        "mean_full_absorption_rate": full_rate,
+        "mean_num_split_latents": splits,
+        "std_absorption_fraction": absorption_std,
+        "std_full_absorption_rate": full_std,
+        "std_num_split_latents": splits_std,
+        "n_letters_scored": len(scored),
+        "n_letters_probe_ok": n_probe_ok,
+        "enough_letters": n_probe_ok >= config.min_letters,
+        "letters": per_letter,
+        "config": asdict(config),
+    }
