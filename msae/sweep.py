@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -31,7 +31,8 @@ from .lm import load_model
 from .lm_eval import build_eval_set, evaluate_sae
 from .report import format_table
 from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
-from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from .architectures import build_sae
+from .studies import StudyConfig, study_configs
 from .train import TrainConfig, train_many
 
 
@@ -182,8 +183,9 @@ def sae_configs(config: SweepConfig) -> dict[str, dict[str, Any]]:
 class SweepResults:
     """``metrics[name]`` for every SAE of the sweep, and where each one lives."""
 
-    def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict]):
+    def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict], model=None):
         self.folder, self.config, self.metrics = folder, config, metrics
+        self.model = model  # the language model the SAEs read, for further evaluations
 
     def sae_path(self, name: str) -> Path:
         return self.folder / name / "sae"
@@ -205,10 +207,12 @@ class SweepResults:
 
 
 def run_sweep(
-    config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None
+    config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None,
+    studies: Sequence[str] = (), study_config: StudyConfig | None = None,
 ) -> SweepResults:
-    """Run (or finish) the sweep; ``model`` overrides loading ``config.model_name`` (tests pass
-    small stand-ins of the same architecture)."""
+    """Run (or finish) the sweep, then the named ``studies`` (``msae.studies``: "baselines",
+    "scaling", "ablations") with the sizes of ``study_config``; ``model`` overrides loading
+    ``config.model_name`` (tests pass small stand-ins of the same architecture)."""
     check_device(config)
     runs_dir = Path(runs_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else runs_dir / "cache"
@@ -234,16 +238,21 @@ def run_sweep(
         data.check(data.d_model, config.model_name, config.hook_name)
         return data
 
-    def train_and_evaluate(group: dict[str, dict], description: str) -> None:
-        """Train the SAEs of ``group`` together on one stream, then evaluate the new ones."""
+    def train_and_evaluate(group: dict[str, dict], description: str, prefixes: bool = True) -> None:
+        """Train the SAEs of ``group`` together on one stream, then evaluate the new ones (and
+        each prefix of a Matryoshka SAE when ``prefixes``)."""
         data = stream()
-        saes = {name: MatryoshkaBatchTopKSAE(MatryoshkaConfig(**{**fields, "d_in": data.d_model})) for name, fields in group.items()}
+        # the main sweep's fields name no architecture: Matryoshka when they have groups
+        saes = {name: build_sae(fields.get("architecture") or ("matryoshka" if fields.get("group_sizes") else "batchtopk"),
+                                d_in=data.d_model,
+                                **{k: v for k, v in fields.items() if k != "architecture"})
+                for name, fields in group.items()}
         trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
         for name, result in trained.items():
             if name not in metrics:
                 groups = group[name].get("group_sizes")
-                metrics[name] = {"config": result.sae.export_config(),
-                                 **evaluate_sae(result.sae, model, eval_set, prefix_ends(groups) if groups else None)}
+                ends = prefix_ends(groups) if prefixes and groups and len(groups) > 1 else None
+                metrics[name] = {"config": result.sae.export_config(), **evaluate_sae(result.sae, model, eval_set, ends)}
                 write_json(results_path, metrics)
 
     train_and_evaluate(sae_configs(config), "sweep")
@@ -254,4 +263,16 @@ def run_sweep(
         k = max(1, round(prefix["l0"]))
         matched[f"batchtopk_w{prefix['width']}_k{k}"] = dict(reference, d_sae=prefix["width"], k=k)
     train_and_evaluate(matched, "prefix-matched BatchTopK")
-    return SweepResults(folder, config, metrics)
+
+    if studies:
+        study_config = study_config or StudyConfig()
+        studies_path = folder / "studies.json"  # the sizes each study last ran with
+        recorded = json.loads(studies_path.read_text()) if studies_path.is_file() else {}
+        write_json(studies_path, {**recorded, **{study: asdict(study_config) for study in studies}})
+    for study in studies:
+        group = study_configs(config, study_config, study)
+        for width in sorted({fields["d_sae"] for fields in group.values()}):  # one stream per width
+            # full width only: no figure reads a study SAE's prefixes, and each costs a pass of the model
+            train_and_evaluate({n: f for n, f in group.items() if f["d_sae"] == width}, f"{study}, width {width}",
+                               prefixes=False)
+    return SweepResults(folder, config, metrics, model)

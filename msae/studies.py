@@ -1,0 +1,135 @@
+"""The studies trained beside the main sweep, on the same activations, batches and steps:
+
+- ``baselines`` (Fig 5, Table 1): every baseline architecture at each of the sweep's L0s;
+- ``scaling`` (Fig 10): Matryoshka and the baselines at several widths, at the middle L0s;
+- ``ablations`` (Figs 16-19): Matryoshka variants (loss weighting, stop-gradient, number of
+  groups, random prefixes) at the sweep's width.
+
+Each study is a dict ``name -> SAE fields`` (with an ``architecture`` key, see
+``msae.architectures``) that ``msae.sweep.run_sweep(..., studies=[...])`` trains and evaluates
+into the sweep's folder and ``results.json``, beside the main SAEs. The study sizes of each
+profile are in ``STUDIES``; they do not enter the sweep's folder name, so adding a study never
+retrains the main sweep.
+
+Names: ``{architecture}_k{l0}`` for baselines (like the main sweep's), ``{architecture}_d{width}_k{l0}``
+for other widths, ``{arm}_k{l0}`` for ablation arms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .prefixes import group_sizes_from_fractions, validate_group_sizes
+
+# Penalty-based and per-token architectures the paper compares against (Table 1), by registry name.
+BASELINES = ["relu", "topk", "gated", "jumprelu", "p_anneal"]
+
+# SPEC §6: three groups [1/8, 1/4, 5/8]; ten log-spaced groups (prefix ends d/512, d/256, ..., d).
+THREE_GROUP_FRACTIONS = (1 / 8, 1 / 4, 5 / 8)
+TEN_GROUP_FRACTIONS = (1 / 512, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+
+# Ablation arms (Figs 16-19): Matryoshka config fields each one changes. The comparison arms are
+# the main sweep's ``matryoshka_k*`` (five fixed groups, uniform weights) and ``batchtopk_k*``.
+ABLATION_ARMS: dict[str, dict[str, Any]] = {
+    "matryoshka_size_weighted": {"group_weighting": "size"},  # Fig 16
+    "matryoshka_stop_gradient": {"stop_gradient": True},  # Fig 17
+    "matryoshka_3groups": {"group_fractions": THREE_GROUP_FRACTIONS},  # Fig 18
+    "matryoshka_10groups": {"group_fractions": TEN_GROUP_FRACTIONS},
+    "matryoshka_random3": {"n_random_prefixes": 3},  # Fig 19
+    "matryoshka_random5": {"n_random_prefixes": 5},
+    "matryoshka_random10": {"n_random_prefixes": 10},
+}
+
+
+@dataclass
+class StudyConfig:
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    baseline_k_values: list[int] | None = None  # None: the sweep's k values
+    widths: list[int] = field(default_factory=list)  # Fig 10, besides the sweep's d_sae
+    width_architectures: list[str] = field(default_factory=lambda: ["batchtopk", "matryoshka", *BASELINES])
+    width_k_values: list[int] = field(default_factory=list)  # the middle L0s the figure averages
+    ablation_arms: list[str] = field(default_factory=lambda: list(ABLATION_ARMS))
+    ablation_k_values: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.ablation_arms) - set(ABLATION_ARMS))
+        if unknown:
+            raise ValueError(f"unknown ablation arms {unknown}; known: {sorted(ABLATION_ARMS)}")
+
+
+STUDIES = {
+    "paper": StudyConfig(widths=[4096, 16384], width_k_values=[40, 80, 160], ablation_k_values=[20, 40, 80, 160, 320]),
+    "default": StudyConfig(widths=[576, 1152], width_k_values=[20, 40], ablation_k_values=[20, 40, 80]),
+    "smoke": StudyConfig(widths=[128], width_k_values=[8], ablation_k_values=[8]),
+}
+
+
+def matryoshka_fields(sweep, d_sae: int, k: int, **changes: Any) -> dict[str, Any]:
+    """MatryoshkaConfig fields (and ``architecture``) of the sweep's Matryoshka SAE at width
+    ``d_sae`` and L0 ``k``, with ``changes`` applied (``group_fractions`` replaces the groups;
+    ``n_random_prefixes`` drops them)."""
+    fractions = changes.pop("group_fractions", sweep.group_fractions)
+    fields = dict(_shared(sweep, d_sae), architecture="matryoshka", k=k, group_sizes=study_group_sizes(d_sae, fractions))
+    if changes.get("n_random_prefixes"):
+        fields["group_sizes"] = None
+    return {**fields, **changes}
+
+
+def study_group_sizes(d_sae: int, fractions) -> list[int]:
+    """``group_sizes_from_fractions``, except that a group whose share is under one latent (ten
+    groups at a small width: d/512 < 1) gets one, taken from the last group."""
+    if all(int(f * d_sae) >= 1 for f in fractions[:-1]):
+        return group_sizes_from_fractions(d_sae, fractions)
+    group_sizes_from_fractions(2**30, fractions)  # raises on malformed fractions
+    sizes = [max(1, int(f * d_sae)) for f in fractions[:-1]]
+    sizes.append(d_sae - sum(sizes))
+    if sizes[-1] <= 0:
+        raise ValueError(f"cannot split d_sae={d_sae} latents into {len(fractions)} groups of at least one latent "
+                         f"with fractions {[round(f, 5) for f in fractions]}; use a wider SAE")
+    validate_group_sizes(sizes, d_sae)
+    return sizes
+
+
+def architecture_fields(sweep, architecture: str, d_sae: int, k: int) -> dict[str, Any]:
+    """Fields of one SAE of ``architecture`` at width ``d_sae`` and target L0 ``k``."""
+    if architecture == "matryoshka":
+        return matryoshka_fields(sweep, d_sae, k)
+    return dict(_shared(sweep, d_sae), architecture=architecture, l0=k)
+
+
+def baseline_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+    return {f"{arch}_k{k}": architecture_fields(sweep, arch, sweep.d_sae, k)
+            for k in (study.baseline_k_values or sweep.k_values) for arch in study.baselines}
+
+
+def scaling_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+    """The widths other than the sweep's own (whose SAEs the main sweep and baselines hold)."""
+    return {f"{arch}_d{width}_k{k}": architecture_fields(sweep, arch, width, k)
+            for width in study.widths if width != sweep.d_sae
+            for k in study.width_k_values for arch in study.width_architectures}
+
+
+def ablation_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+    return {f"{arm}_k{k}": matryoshka_fields(sweep, sweep.d_sae, k, **ABLATION_ARMS[arm])
+            for k in study.ablation_k_values for arm in study.ablation_arms}
+
+
+def scaling_name(sweep, architecture: str, width: int, k: int) -> str:
+    """The SAE of ``architecture`` at ``width`` and ``k``: from the main sweep or a study."""
+    return f"{architecture}_k{k}" if width == sweep.d_sae else f"{architecture}_d{width}_k{k}"
+
+
+STUDY_CONFIGS = {"baselines": baseline_configs, "scaling": scaling_configs, "ablations": ablation_configs}
+
+
+def study_configs(sweep, study: StudyConfig, name: str) -> dict[str, dict[str, Any]]:
+    if name not in STUDY_CONFIGS:
+        raise ValueError(f"unknown study {name!r}; choose from {sorted(STUDY_CONFIGS)}")
+    return STUDY_CONFIGS[name](sweep, study)
+
+
+def _shared(sweep, d_sae: int) -> dict[str, Any]:
+    return dict(d_sae=d_sae, steps=sweep.steps, dead_after_tokens=sweep.dead_after_tokens, threshold_start_step=sweep.threshold_start_step,
+                threshold_beta=sweep.threshold_beta, seed=sweep.seed, model_name=sweep.model_name,
+                hook_name=sweep.hook_name)
