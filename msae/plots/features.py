@@ -1,0 +1,132 @@
+"""Figures of the feature-quality evaluations: Figs 1, 4, 6, 7, 9 and 14.
+
+Each function takes ``{sae name: result}`` dicts as ``msae.feature_evals.FeatureEvaluator``
+returns them, and the sweep's results for the L0s and reconstruction metrics.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+from .lm import ARCHITECTURES
+
+
+def _lines(results, evals: dict[str, dict], value, ax: plt.Axes, ylabel: str, architectures=ARCHITECTURES) -> None:
+    """One line per architecture: ``value(result)`` against the SAE's L0."""
+    for architecture, (label, colour, marker) in architectures.items():
+        names = [n for n in results.names(architecture) if n in evals]
+        if not names:
+            continue
+        l0 = [results.metrics[n]["l0"] for n in names]
+        ax.plot(l0, [value(evals[n]) for n in names], marker=marker, color=colour, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("L0 (mean active latents per token)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def absorption_vs_l0(results, absorption: dict[str, dict]) -> plt.Figure:
+    """Fig 6: mean first-letter absorption fraction and mean number of split latents per letter."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    _lines(results, absorption, lambda r: r["mean_absorption_fraction"], left, "mean absorption fraction (lower is better)")
+    _lines(results, absorption, lambda r: r["mean_num_split_latents"], right, "split latents per letter")
+    left.legend()
+    return fig
+
+
+def probing_vs_l0(results, probing: dict[str, dict], n_ablated: int = 20) -> plt.Figure:
+    """Fig 7: sparse probing accuracy with the top latent, SCR and TPP with ``n_ablated`` latents."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
+    _lines(results, probing, lambda r: r["summary"]["sparse_probing_top_k"]["1"], axes[0], "sparse probing accuracy, top-1 latent")
+    _lines(results, probing, lambda r: r["summary"]["scr"][str(n_ablated)], axes[1], f"SCR, top {n_ablated} latents ablated")
+    _lines(results, probing, lambda r: r["summary"]["tpp"][str(n_ablated)], axes[2], f"TPP, top {n_ablated} latents ablated")
+    axes[0].legend()
+    return fig
+
+
+def interpretability_vs_l0(results, concept_scores: dict[str, dict], autointerp: dict[str, dict] | None = None) -> plt.Figure:
+    """Fig 9: the judge-free score (mean best concept F1 of the latents) and, when a judge ran,
+    the LLM-judge detection score."""
+    panels = 2 if autointerp else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), layout="constrained", squeeze=False)
+    _lines(results, concept_scores, lambda r: r["mean_f1"], axes[0, 0], "mean best concept F1 (judge-free)")
+    if autointerp:
+        _lines(results, autointerp, lambda r: r["score"], axes[0, 1], "autointerp detection score (LLM judge)")
+    axes[0, 0].legend()
+    return fig
+
+
+def meta_sae_vs_l0(results, meta: dict[str, dict]) -> plt.Figure:
+    """Fig 14 at one width: variance of the decoder rows a meta-SAE explains, against the SAE's
+    L0; lower means more atomic latents."""
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    _lines(results, meta, lambda r: r["variance_explained"], ax, "meta-SAE variance explained")
+    ax.legend()
+    return fig
+
+
+def meta_sae_vs_width(widths: list[int], meta: dict[str, dict[int, dict]]) -> plt.Figure:
+    """Fig 14: variance of the decoder rows a meta-SAE explains, per SAE width
+    (``meta[architecture][width]``); lower means more atomic latents."""
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for architecture, by_width in meta.items():
+        label, colour, marker = ARCHITECTURES[architecture]
+        ws = [w for w in widths if w in by_width]
+        ax.plot(ws, [by_width[w]["variance_explained"] for w in ws], marker=marker, color=colour, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xlabel("SAE width (latents)")
+    ax.set_ylabel("meta-SAE variance explained")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def headline_bars(values: dict[str, dict[str, float]]) -> plt.Figure:
+    """Fig 1: ``values[metric][architecture]`` as grouped bars, one panel per metric."""
+    fig, axes = plt.subplots(1, len(values), figsize=(4 * len(values), 3.6), layout="constrained")
+    for ax, (metric, by_arch) in zip(np.atleast_1d(axes), values.items()):
+        labels = [ARCHITECTURES[a][0] for a in by_arch]
+        colours = [ARCHITECTURES[a][1] for a in by_arch]
+        bars = ax.bar(labels, list(by_arch.values()), color=colours)
+        ax.bar_label(bars, fmt="%.3f")
+        ax.set_title(metric)
+        ax.set_ylim(0, max(1e-9, max(by_arch.values())) * 1.25)
+    return fig
+
+
+def general_latent_examples(study: dict, max_tokens: int = 28) -> plt.Figure:
+    """Fig 4: the general latent of each SAE on example stories. Each token is a box shaded by
+    the latent's activation (relative to its largest on the shown tokens); tokens of the
+    concept where the latent is silent (holes) are outlined in red."""
+    labels = list(study["saes"])
+    examples = study["examples"]
+    rows = [(e, label) for e in examples for label in labels]
+    fig, ax = plt.subplots(figsize=(16, 0.45 * len(rows) + 0.6 * len(examples)), layout="constrained")
+    ax.set_axis_off()
+    y = 0.0
+    for i, example in enumerate(examples):
+        tokens = example["tokens"][:max_tokens]
+        concept = example["concept"][:max_tokens]
+        for label in labels:
+            values = np.asarray(example["activations"][label][:max_tokens])
+            scale = max(values.max(), 1e-9)
+            x = 0.0
+            ax.text(-0.5, y + 0.5, f"{label} (latent {study['saes'][label]['latent']})", ha="right", va="center", fontsize=8)
+            for token, value, member in zip(tokens, values, concept):
+                width = 0.25 + 0.11 * len(token.strip() or " ")
+                hole = member and value <= 0
+                ax.add_patch(Rectangle((x, y), width, 0.9, facecolor=plt.cm.Oranges(0.85 * value / scale),
+                                       edgecolor="red" if hole else "white", linewidth=2 if hole else 0.5))
+                ax.text(x + width / 2, y + 0.45, token.strip() or "·", ha="center", va="center", fontsize=7,
+                        weight="bold" if member else "normal")
+                x += width + 0.05
+            y -= 1.0
+        y -= 0.6
+    ax.set_xlim(-0.5, 16)
+    ax.set_ylim(y + 0.5, 1.2)
+    ax.set_title(f"the best '{study['concept']}' latent of each SAE on example stories: shade = activation, "
+                 "bold = a concept token, red box = a concept token where the latent is silent (a hole)", fontsize=9)
+    return fig
