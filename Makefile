@@ -1,14 +1,18 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
+#   make reproduce-fast   the same without the baseline, scaling and ablation studies (14-16)
 #   make test        unit tests, then every notebook at the smoke profile under nbval
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# The studies that train the baselines, other widths and ablation arms (hours on a CPU at the
+# default profile); reproduce-fast leaves them out.
+STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb)
 SMOKE_DIR := build/smoke
 
-.PHONY: reproduce test unit-test notebook-test lab bench interop clean env
+.PHONY: reproduce reproduce-fast run-notebooks test unit-test notebook-test lab bench interop clean env
 
 env: $(STAMP)
 
@@ -23,8 +27,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # Each notebook runs in place, so the committed notebooks show the default profile's results;
 # progress bars are then collapsed to their final state, as Jupyter shows them.
 reproduce: $(STAMP)
+	@$(MAKE) --no-print-directory run-notebooks RUN="$(NOTEBOOKS)"
+
+reproduce-fast: $(STAMP)
+	@$(MAKE) --no-print-directory run-notebooks RUN="$(filter-out $(STUDY_NOTEBOOKS),$(NOTEBOOKS))"
+
+run-notebooks:
 	@mkdir -p figures
-	@for nb in $(NOTEBOOKS); do \
+	@for nb in $(RUN); do \
 		echo "== $$nb"; \
 		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd notebooks $$nb $$nb || exit 1; \
 		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \

@@ -46,7 +46,7 @@ def test_baselines_carry_their_target_l0_and_the_sweeps_shared_fields(seed):
 
 def test_scaling_skips_the_sweeps_own_width_and_names_the_others(seed):
     config = small_sweep(seed)
-    width = 2 ** random.Random(seed).randrange(6, 10)
+    width = random.Random(seed).choice([w for w in (64, 128, 512, 1024) if w != config.d_sae])  # not the sweep's own
     study = studies.StudyConfig(widths=[width, config.d_sae], width_k_values=config.k_values[:2])
     configs = studies.scaling_configs(config, study)
     assert set(configs) == {f"{a}_d{width}_k{k}" for a in study.width_architectures for k in config.k_values[:2]}
