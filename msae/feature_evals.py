@@ -246,11 +246,9 @@ class FeatureEvaluator:
 
     def _token_chunks(self, sae, acts: story_activations.TextActivations, chunk: int = 64):
         """(latents (n_kept, d_sae), concepts (n_kept, n_concepts)) per chunk of stories."""
-        for start in range(0, acts.n_texts, chunk):
-            mask = acts.mask[start : start + chunk]
-            x = acts.resid[start : start + chunk][mask].float()
+        for start, x, _, size in story_activations.kept_chunks(acts, chunk):
             with torch.no_grad():
-                yield sae.encode(x), acts.token_concepts[start : start + chunk][mask]
+                yield sae.encode(x), acts.token_concepts[start : start + size][acts.mask[start : start + size]]
 
     # --- Fig 4: a general latent and its holes -----------------------------------------------
     def general_latent_study(self, names: dict[str, str], concept: str = "female", n_examples: int = 3,

@@ -243,7 +243,7 @@ def story_activations(
 # --- SAE latents per token and per text ---------------------------------------------------------
 
 
-def _kept_chunks(acts: TextActivations, chunk: int):
+def kept_chunks(acts: TextActivations, chunk: int):
     """(first_row, kept activations (n_kept, d_model), their row within the chunk) per chunk of texts."""
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
@@ -261,7 +261,7 @@ def encode_tokens(sae, acts: TextActivations, chunk: int = 64, latents: Sequence
     latent of every token of a few thousand stories takes gigabytes)."""
     keep = None if latents is None else torch.as_tensor(list(latents), dtype=torch.long)
     out = []
-    for _, x, _, _ in _kept_chunks(acts, chunk):
+    for _, x, _, _ in kept_chunks(acts, chunk):
         f = sae.encode(x)  # (n_kept, d_sae)
         out.append(f if keep is None else f[:, keep])
     return torch.cat(out)
@@ -273,7 +273,7 @@ def pooled(sae, acts: TextActivations, chunk: int = 64) -> torch.Tensor:
     no masked token pools to zeros)."""
     counts = acts.mask.sum(1, keepdim=True).clamp_min(1)
     out = torch.zeros(acts.n_texts, sae.d_sae, dtype=torch.promote_types(acts.resid.dtype, torch.float32))
-    for start, x, rows, size in _kept_chunks(acts, chunk):
+    for start, x, rows, size in kept_chunks(acts, chunk):
         f = sae.encode(x)  # (n_kept, d_sae)
         out[start : start + size].index_add_(0, rows, f.to(out.dtype))
     return out / counts.to(out.dtype)
