@@ -100,6 +100,30 @@ class SparseAutoencoder(nn.Module):
         raise NotImplementedError
 
 
+def init_tied_unit_norm(sae: SparseAutoencoder, seed: int) -> torch.Generator:
+    """The paper's init: Kaiming-uniform decoder rows scaled to unit norm and ``W_enc = W_dec.T``,
+    drawn from a generator seeded with ``seed``; returns the generator (its stream continues)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        W_dec = torch.empty(sae.d_sae, sae.d_in)
+        torch.nn.init.kaiming_uniform_(W_dec, generator=generator)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return generator
+
+
+def load_named_tensors(sae: nn.Module, tensors: dict[str, torch.Tensor], names: list[str], where: Any) -> None:
+    """Copy ``tensors[name]`` into ``sae.<name>`` for each name, checking presence and shape."""
+    with torch.no_grad():
+        for name in names:
+            if name not in tensors:
+                raise ValueError(f"{where}: weights file has no {name!r}")
+            target = getattr(sae, name)
+            if tensors[name].shape != target.shape:
+                raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}")
+            target.copy_(tensors[name])
+
+
 def check_dimensions(config: Any) -> None:
     """Raise ``ValueError`` unless ``config.d_in`` and ``config.d_sae`` are positive integers."""
     for name in ("d_in", "d_sae"):

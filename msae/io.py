@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from .autoencoder import InferenceSAE, SparseAutoencoder
+from .autoencoder import InferenceSAE, SparseAutoencoder, load_named_tensors
 from .baselines import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config,
                         ReLUL1SAE, TopKConfig, TopKSAE)
 from .checkpoint import atomic_write, write_json
@@ -115,14 +115,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
 
 
 def _load_weights(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            if name not in tensors:
-                raise ValueError(f"{path}: weights file has no {name!r}")
-            target = getattr(sae, name)
-            if tensors[name].shape != target.shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}")
-            target.copy_(tensors[name])
+    load_named_tensors(sae, tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], path)
 
 
 def load_dictionary_learning(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:

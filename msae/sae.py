@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions, geometric_median
+from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions, geometric_median, init_tied_unit_norm
 from .prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
 from .sparse import (
     batch_top_k,
@@ -88,13 +88,8 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
     def __init__(self, config: MatryoshkaConfig):
         super().__init__(config.d_in, config.d_sae)
         self.config = config
-        generator = torch.Generator().manual_seed(config.seed)
-        with torch.no_grad():
-            W_dec = torch.empty(config.d_sae, config.d_in)
-            torch.nn.init.kaiming_uniform_(W_dec, generator=generator)
-            self.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
-            self.W_enc.copy_(self.W_dec.T)
-        self.prefix_generator = generator  # continues the same stream for random prefixes
+        # the init's generator continues the same stream for random prefixes
+        self.prefix_generator = init_tied_unit_norm(self, config.seed)
         weights = group_weights(config.group_weighting, config.group_sizes)
         self.register_buffer("group_weights", torch.tensor(weights))
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..autoencoder import SparseAutoencoder, geometric_median
+from ..autoencoder import SparseAutoencoder, geometric_median, init_tied_unit_norm, load_named_tensors
 from ..sae import MatryoshkaBatchTopKSAE
 
 
@@ -58,12 +58,7 @@ class UnitNormSAE(SparseAutoencoder):
     def __init__(self, config: Any):
         super().__init__(config.d_in, config.d_sae)
         self.config = config
-        generator = torch.Generator().manual_seed(config.seed)
-        with torch.no_grad():
-            W_dec = torch.empty(config.d_sae, config.d_in)
-            torch.nn.init.kaiming_uniform_(W_dec, generator=generator)
-            self.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
-            self.W_enc.copy_(self.W_dec.T)
+        init_tied_unit_norm(self, config.seed)
         self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
 
     def initialize_from_batch(self, x: torch.Tensor) -> None:
@@ -90,13 +85,3 @@ class UnitNormSAE(SparseAutoencoder):
         load_named_tensors(self, tensors, list(self.export_tensors()), where)
 
 
-def load_named_tensors(sae: torch.nn.Module, tensors: dict[str, torch.Tensor], names: list[str], where: Any) -> None:
-    """Copy ``tensors[name]`` into ``sae.<name>`` for each name, checking presence and shape."""
-    with torch.no_grad():
-        for name in names:
-            if name not in tensors:
-                raise ValueError(f"{where}: weights file has no {name!r}")
-            target = getattr(sae, name)
-            if tensors[name].shape != target.shape:
-                raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}")
-            target.copy_(tensors[name])

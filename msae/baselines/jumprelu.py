@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..autoencoder import StepOutput, check_dimensions
-from .common import UnitNormSAE, check_penalty_fields, load_named_tensors, steer_towards_l0, warmup_factor, warmup_steps
+from ..autoencoder import StepOutput, check_dimensions, load_named_tensors
+from .common import UnitNormSAE, check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
 
 
 @dataclass
