@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import absorption, autointerp, concepts, meta_sae, probe_tasks, probing, story_activations
+from . import absorption, autointerp, concepts, meta_sae, probe_tasks, story_activations
 from .checkpoint import write_json
 from .io import load_sae
 
