@@ -49,7 +49,7 @@ class Architecture:
         return {**values, **self.defaults}
 
 
-_PENALTY_CONTROL = "target_l0: coefficient ramped over the first 5% of steps, then steered x(1 +/- rate) per batch"
+_PENALTY_CONTROL = "target_l0: coefficient ramped over the first 5% of steps, then steered x exp(rate * clip(log2(L0/target), -1, 1)) per batch"
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture(
@@ -93,7 +93,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         "Rajamanoharan et al. 2024, Jumping ahead: JumpReLU sparse autoencoders",
         "per-latent threshold; L0 penalty through straight-through estimators",
         _PENALTY_CONTROL + "; thresholds start at the first batch's cut for the target", "target_l0",
-        ("l0_coefficient", "bandwidth", "initial_threshold", "controller_rate", "penalty_warmup_fraction"),
+        ("l0_coefficient", "bandwidth", "initial_threshold", "threshold_lr_scale", "controller_rate",
+         "penalty_warmup_fraction"),
     ),
     Architecture(
         "p_anneal", "P-annealing", PAnnealSAE, PAnnealConfig,

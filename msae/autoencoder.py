@@ -73,6 +73,10 @@ class SparseAutoencoder(nn.Module):
     def initialize_from_batch(self, x: torch.Tensor) -> None:
         """Called once with the first (normalised) batch before training."""
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Adam's parameter groups; a group's ``lr_scale`` multiplies the trainer's learning rate."""
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
     def before_optimizer_step(self) -> None:
         """Called after backward, before gradient clipping."""
 

@@ -191,3 +191,94 @@ class _SparseDecodeError(torch.autograd.Function):
         grad_values = sampled_dot(rows, cols, grad_recon, W_dec) if ctx.needs_input_grad[2] else None
         grad_W = sum_rows_by_col(rows, cols, values, grad_recon, W_dec.shape[0]) if ctx.needs_input_grad[3] else None
         return None, None, grad_values, grad_W, None
+
+
+# --- penalty-based SAEs: dense (B, d_sae) tensors, products on their non-zeros ----------------
+#
+# ReLU-L1, Gated, JumpReLU and P-annealing SAEs have no k: their codes are as sparse as their
+# penalty has made them, which is dense early in training and ~L0/d_sae later. These two
+# functions keep the usual dense tensors (so each architecture's loss reads as written) and run
+# the products after the encoder's forward on the non-zeros when there are few of them, falling
+# back to the dense products otherwise. They compute the same values and the same gradients
+# wherever the caller's activation function passes any (see each one's contract).
+
+SPARSE_PRODUCTS_MAX_DENSITY = 0.05  # above this fraction of non-zeros the dense products are faster
+
+
+def _use_sparse_products(mask: torch.Tensor) -> bool:
+    # The count is a host sync: only on the CPU, where the products are the cost worth saving.
+    return mask.device.type == "cpu" and int(torch.count_nonzero(mask)) <= SPARSE_PRODUCTS_MAX_DENSITY * mask.numel()
+
+
+def decode_sparse(acts: torch.Tensor, W_dec: torch.Tensor, grad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``acts @ W_dec`` for a mostly-zero (B, d_sae) ``acts``: (B, d_in).
+
+    Contract: the gradient to ``acts`` is computed only at its non-zeros (and where ``grad_mask``,
+    a (B, d_sae) bool, is set); elsewhere it is returned as 0. That is exact for any activation
+    whose derivative is zero where its output is zero (ReLU, the gate's Heaviside); JumpReLU's
+    threshold also reads the gradient just below the threshold, which it passes as ``grad_mask``.
+    """
+    return _DecodeSparse.apply(acts, W_dec, grad_mask)
+
+
+class _DecodeSparse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, acts, W_dec, grad_mask):
+        pattern = acts != 0 if grad_mask is None else (acts != 0) | grad_mask
+        ctx.sparse = _use_sparse_products(pattern)
+        if not ctx.sparse:
+            ctx.save_for_backward(acts, W_dec)
+            return acts @ W_dec
+        rows, cols = pattern.nonzero(as_tuple=True)  # row-major: rows sorted, cols increasing
+        values = acts[rows, cols]
+        ctx.save_for_backward(rows, cols, values, W_dec)
+        ctx.shape = acts.shape
+        return sum_rows_by_row(rows, cols, values, W_dec, acts.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        need_acts, need_W = ctx.needs_input_grad[:2]
+        grad_acts = grad_W = None
+        if not ctx.sparse:
+            acts, W_dec = ctx.saved_tensors
+            grad_acts = grad_out @ W_dec.t() if need_acts else None
+            grad_W = acts.t() @ grad_out if need_W else None
+            return grad_acts, grad_W, None
+        rows, cols, values, W_dec = ctx.saved_tensors
+        if need_acts:
+            grad_acts = grad_out.new_zeros(ctx.shape)
+            grad_acts[rows, cols] = sampled_dot(rows, cols, grad_out.contiguous(), W_dec)
+        if need_W:
+            grad_W = sum_rows_by_col(rows, cols, values, grad_out, W_dec.shape[0])
+        return grad_acts, grad_W, None
+
+
+def encode_sparse_grad(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
+    """``x @ W_enc + b_enc``: (B, d_in) -> (B, d_sae), a dense forward whose backward multiplies
+    only the non-zeros of the incoming (B, d_sae) gradient, which after a sparse activation are
+    the few active latents. Exact: zeros contribute nothing to either product."""
+    return _EncodeSparseGrad.apply(x, W_enc, b_enc)
+
+
+class _EncodeSparseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc):
+        ctx.save_for_backward(x, W_enc)
+        return torch.addmm(b_enc, x, W_enc)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, W_enc = ctx.saved_tensors
+        need_x, need_W, need_b = ctx.needs_input_grad
+        nonzero = grad_out != 0
+        if not _use_sparse_products(nonzero):
+            grad_x = grad_out @ W_enc.t() if need_x else None
+            grad_W = x.t() @ grad_out if need_W else None
+            return grad_x, grad_W, grad_out.sum(0) if need_b else None
+        rows, cols = nonzero.nonzero(as_tuple=True)
+        grad = grad_out[rows, cols]
+        # (a column sum of the dense gradient costs more than the products here)
+        grad_b = grad.new_zeros(W_enc.shape[1]).index_add_(0, cols, grad) if need_b else None
+        grad_x = sum_rows_by_row(rows, cols, grad, W_enc.t().contiguous(), x.shape[0]) if need_x else None
+        grad_W = sum_rows_by_col(rows, cols, grad, x, W_enc.shape[1]).t() if need_W else None
+        return grad_x, grad_W, grad_b

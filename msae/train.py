@@ -116,7 +116,7 @@ def optimization_step(
 ):
     """One update on the (already scaled) batch ``x``; returns the SAE's StepOutput."""
     for group in optimizer.param_groups:
-        group["lr"] = config.lr * lr_factor(step, config)
+        group["lr"] = config.lr * lr_factor(step, config) * group.get("lr_scale", 1.0)
     dtype = getattr(torch, config.autocast_dtype) if config.autocast_dtype else None
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         out = sae.training_step(x, step)
@@ -136,7 +136,7 @@ class _Run:
     def __init__(self, name: str, sae: SparseAutoencoder, data: DataSource, config: TrainConfig, run_dir):
         self.name, self.sae, self.config = name, sae, config
         sae.to(torch.device(config.device))
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=config.betas)
+        self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=config.lr, betas=config.betas)
         self.run_config = {"sae": sae.export_config(), "train": asdict(config), "data": data.describe()}
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.path = self.run_dir / CHECKPOINT_FILE if self.run_dir else None

@@ -3,6 +3,7 @@ directly, the straight-through estimators against their defined pseudo-derivativ
 controller's direction, and round trips through the SAELens layout."""
 
 import copy
+import math
 import json
 
 import pytest
@@ -137,11 +138,26 @@ def test_controller_moves_the_coefficient_towards_the_target(kind, gen, seed):
     low = build(kind, seed, target_l0=float(D_SAE), **no_warmup)  # any L0 < d_sae is below
     high = build(kind, seed, target_l0=1e-3, **no_warmup)  # every batch is above
     start = float(getattr(low, COEFFICIENT[kind]))
+    expected_low = start
     for step in range(3):
         for sae in (low, high):
-            assert 0 < float(sae.training_step(x, step).stats["l0"]) < D_SAE
-    torch.testing.assert_close(getattr(low, COEFFICIENT[kind]), torch.tensor(start * (1 - rate) ** 3))
-    torch.testing.assert_close(getattr(high, COEFFICIENT[kind]), torch.tensor(start * (1 + rate) ** 3))
+            l0 = float(sae.training_step(x, step).stats["l0"])
+            assert 0 < l0 < D_SAE
+            if sae is low:
+                expected_low *= math.exp(rate * max(-1.0, math.log2(l0 / D_SAE)))
+    assert expected_low < start
+    torch.testing.assert_close(getattr(low, COEFFICIENT[kind]), torch.tensor(expected_low))
+    torch.testing.assert_close(getattr(high, COEFFICIENT[kind]), torch.tensor(start * math.exp(rate) ** 3))
+
+
+@pytest.mark.parametrize("l0_over_target, exponent", [(8.0, 1.0), (2.0, 1.0), (2 ** 0.5, 0.5), (1.0, 0.0),
+                                                      (0.5 ** 0.25, -0.25), (0.25, -1.0), (0.0, -1.0)])
+def test_controller_step_is_proportional_to_log_l0_error_then_capped(l0_over_target, exponent):
+    from msae.baselines.common import steer_towards_l0
+
+    coefficient = torch.tensor(0.3)
+    steer_towards_l0(coefficient, torch.tensor(l0_over_target * 40.0), 40.0, 0.01)
+    torch.testing.assert_close(coefficient, torch.tensor(0.3 * math.exp(0.01 * exponent)))
 
 
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
@@ -156,8 +172,9 @@ def test_coefficient_warms_up_before_the_controller_starts(kind, gen, seed):
         used = sae.training_step(x, step).stats[name]
         torch.testing.assert_close(used, torch.tensor(start * (step + 1) / 5))
         assert float(getattr(sae, name)) == start
-    sae.training_step(x, 5)
-    torch.testing.assert_close(getattr(sae, name), torch.tensor(start * 0.9))
+    l0 = float(sae.training_step(x, 5).stats["l0"])  # below the target d_sae: the coefficient falls
+    torch.testing.assert_close(getattr(sae, name), torch.tensor(start * math.exp(0.1 * max(-1.0, math.log2(l0 / D_SAE)))))
+    assert float(getattr(sae, name)) < start
 
 
 @pytest.mark.parametrize(
@@ -412,3 +429,47 @@ def test_p_anneal_loss_and_coefficient_rescaling(gen, seed):
     assert sae.config.p_at(first_change) == pytest.approx(0.8)
     torch.testing.assert_close(sae.lp_coefficient, 0.5 * lp(1.0) / lp(0.8))
     torch.testing.assert_close(out.loss, mse + 0.5 * lp(1.0))  # the penalty kept its size
+
+
+# --- sparse products --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", PENALTY_KINDS)
+def test_penalty_step_on_sparse_products_matches_the_dense_one(kind, gen, seed, monkeypatch):
+    """The same loss and gradients whether the products after the encoder run on the non-zeros
+    or densely (msae.sparse.decode_sparse / encode_sparse_grad), in float64."""
+    # a wide JumpReLU window, so that latents just below a threshold feed its gradient
+    overrides = {"bandwidth": 0.5} if kind == "jumprelu" else {}
+    dense = randomise(build(kind, seed, **overrides), gen).double()
+    sparse = copy.deepcopy(dense)
+    x = sparse_data(gen, 48, torch.float64)
+    outputs = {}
+    for name, sae, max_density in (("dense", dense, -1.0), ("sparse", sparse, 1.0)):
+        monkeypatch.setattr("msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY", max_density)
+        outputs[name] = sae.training_step(x, 10)
+        outputs[name].loss.backward()
+    density = float((outputs["dense"].acts != 0).double().mean())
+    assert 0.05 < density < 0.95  # both active and silent latents
+    torch.testing.assert_close(outputs["sparse"].loss, outputs["dense"].loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outputs["sparse"].residual, outputs["dense"].residual, rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
+        assert a.grad.abs().max() > 0, name
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_jumprelu_thresholds_learn_at_their_own_rate(gen, seed):
+    """optimizer_groups gives log_threshold its lr_scale, and optimization_step applies it:
+    after one Adam step (|update| = lr on every entry with a gradient) the log-thresholds move
+    threshold_lr_scale times the learning rate."""
+    sae = build("jumprelu", seed, bandwidth=0.5, initial_threshold=0.3, threshold_lr_scale=30.0)
+    groups = sae.optimizer_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 30.0] and groups[1]["params"] == [sae.log_threshold]
+    assert sum(len(g["params"]) for g in groups) == len(list(sae.parameters()))
+    optimizer = torch.optim.Adam(groups, lr=1e-3)
+    before = sae.log_threshold.detach().clone()
+    config = TrainConfig(steps=100, lr=1e-3, warmup_steps=0, grad_clip=None)
+    optimization_step(sae, optimizer, sparse_data(gen, 64), 0, config)
+    moved = (sae.log_threshold.detach() - before).abs()
+    assert moved.max() > 0
+    torch.testing.assert_close(moved[moved > 0], torch.full_like(moved[moved > 0], 30e-3), rtol=1e-3, atol=0)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 30e-3]

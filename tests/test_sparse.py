@@ -238,3 +238,53 @@ def test_bfloat16_autocast_keeps_float32_weights_and_a_close_loss(seed, kernels)
     assert full["variance_explained"] > 0.5  # it learned something worth comparing
     assert low["loss"] == pytest.approx(full["loss"], rel=0.05)
     assert low["variance_explained"] == pytest.approx(full["variance_explained"], abs=0.02)
+
+
+# --- products for the penalty-based SAEs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3])  # below and above the sparse cut-off
+def test_decode_and_encode_products_match_dense_ones(density, gen, monkeypatch):
+    """ReLU codes through encode_sparse_grad and decode_sparse give the dense forward and
+    gradients at either density (the sparse path at 1%, the dense fallback at 30%)."""
+    from msae.sparse import SPARSE_PRODUCTS_MAX_DENSITY, decode_sparse, encode_sparse_grad
+
+    batch, d_in, d_sae = 64, 16, 512
+    x = torch.randn(batch, d_in, generator=gen, dtype=torch.float64, requires_grad=True)
+    W_enc = torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64, requires_grad=True)
+    # a bias at the quantile that leaves ~density of the codes positive
+    proj = (x @ W_enc).detach()
+    b_enc = (-proj.quantile(1 - density, dim=0)).requires_grad_()
+    target = torch.randn(batch, d_in, generator=gen, dtype=torch.float64)
+
+    def loss_and_grads(encode, decode):
+        acts = torch.relu(encode(x, W_enc, b_enc))
+        loss = (target - decode(acts, W_dec)).pow(2).sum() + acts.sum()
+        return loss, torch.autograd.grad(loss, [x, W_enc, b_enc, W_dec]), float((acts > 0).double().mean())
+
+    loss, grads, measured = loss_and_grads(encode_sparse_grad, decode_sparse)
+    assert (measured <= SPARSE_PRODUCTS_MAX_DENSITY) == (density < SPARSE_PRODUCTS_MAX_DENSITY)
+    ref_loss, ref_grads, _ = loss_and_grads(lambda x, W, b: x @ W + b, lambda a, W: a @ W)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-10)
+    for name, got, want in zip(["x", "W_enc", "b_enc", "W_dec"], grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_decode_sparse_passes_gradient_where_the_mask_asks(gen, monkeypatch):
+    """With grad_mask, the gradient to acts is also computed at those zeros (JumpReLU's threshold
+    reads it); elsewhere off the non-zeros it is 0."""
+    from msae.sparse import decode_sparse
+
+    monkeypatch.setattr("msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY", 1.0)
+    acts = torch.randn(20, 50, generator=gen, dtype=torch.float64)
+    acts = acts * (torch.rand(20, 50, generator=gen) < 0.1)
+    mask = torch.rand(20, 50, generator=gen) < 0.1
+    acts.requires_grad_()
+    W_dec = torch.randn(50, 7, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(20, 7, generator=gen, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((decode_sparse(acts, W_dec, mask) * upstream).sum(), [acts])
+    full = upstream @ W_dec.t()
+    where = (acts != 0) | mask
+    torch.testing.assert_close(grad[where], full[where])
+    assert torch.all(grad[~where] == 0) and where.any() and (~where).any()

@@ -13,8 +13,8 @@ lists them all and builds any of them by name.
 How each reaches a target L0 (the sweep trains every architecture at the same L0s): TopK and
 BatchTopK take ``k``. The penalty-based ones take ``target_l0``: their penalty coefficient starts
 at the config's value, ramps up linearly over the first 5% of ``total_steps``, and is then steered
-by a multiplicative controller (x(1 + rate) after a batch above the target, x(1 - rate) after
-one below; ``common.steer_towards_l0``), so the coefficient is set by the target rather than
+by a multiplicative controller (x exp(rate * clip(log2(L0 / target), -1, 1)) after every batch;
+``common.steer_towards_l0``), so the coefficient is set by the target rather than
 swept by hand. JumpReLU also starts its thresholds at the level giving the target L0 on the
 first batch (see ``jumprelu``). Without ``target_l0`` the coefficient stays where it is set.
 

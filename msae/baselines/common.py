@@ -3,9 +3,11 @@ the target-L0 controller.
 
 Penalty-based SAEs (ReLU-L1, Gated, JumpReLU, P-annealing) reach a target L0 the same way:
 their penalty coefficient ramps up linearly over the first ``penalty_warmup_fraction`` of
-``total_steps``, then, if ``target_l0`` is set, it is multiplied by ``1 + controller_rate``
-after every batch whose L0 is above the target and by ``1 - controller_rate`` after every
-batch below it (the law of ``msae.l1_sae``). The configured coefficient is only where it starts.
+``total_steps``, then, if ``target_l0`` is set, it is multiplied after every batch by
+``exp(controller_rate * clip(log2(L0 / target_l0), -1, 1))``: by ``e^rate`` while the batch's L0 is
+twice the target or more, by ``e^-rate`` while it is half or less, and proportionally less near
+the target, so that it moves fast from a poor start (x10 in ~230 batches at rate 0.01) and
+settles without chattering. The configured coefficient is only where it starts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ import torch
 
 from ..autoencoder import SparseAutoencoder, geometric_median, init_tied_unit_norm, load_named_tensors
 from ..sae import MatryoshkaBatchTopKSAE
+from ..sparse import encode_sparse_grad
+
+
+def training_pre_activations(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """(x - b_dec) @ W_enc + b_enc, no activation: (B, d_in) -> (B, d_sae), for a training step.
+    Its backward multiplies only the latents the activation lets a gradient through
+    (``msae.sparse.encode_sparse_grad``)."""
+    sae.check_input(x)
+    return encode_sparse_grad(x - sae.b_dec, sae.W_enc, sae.b_enc)
 
 
 def warmup_steps(total_steps: int | None, fraction: float) -> int:
@@ -31,9 +42,11 @@ def warmup_factor(step: int, n_warmup: int) -> float:
 
 @torch.no_grad()
 def steer_towards_l0(coefficient: torch.Tensor, l0: torch.Tensor, target_l0: float | None, rate: float) -> None:
-    """One step of the target-L0 controller, in place and on the device (no host sync)."""
+    """One step of the target-L0 controller, in place and on the device (no host sync):
+    ``coefficient *= exp(rate * clip(log2(l0 / target_l0), -1, 1))`` (an L0 of 0 counts as far below)."""
     if target_l0 is not None:
-        coefficient.mul_(torch.where(l0 < target_l0, 1 - rate, 1 + rate))
+        error = torch.log2(l0.to(coefficient.dtype) / target_l0).clamp(-1.0, 1.0)
+        coefficient.mul_(torch.exp(rate * error))
 
 
 def check_penalty_fields(config: Any) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..autoencoder import StepOutput, check_dimensions
+from ..sparse import decode_sparse, encode_sparse_grad
 from .common import UnitNormSAE, check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
 
 
@@ -31,7 +32,7 @@ class GatedConfig:
     d_sae: int
     target_l0: float | None = None  # None: keep the coefficient fixed
     l1_coefficient: float = 0.1  # start; inputs normalised to E||x||^2 = 1
-    controller_rate: float = 3e-3
+    controller_rate: float = 1e-2  # see common.steer_towards_l0
     total_steps: int | None = None
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
@@ -75,16 +76,19 @@ class GatedSAE(UnitNormSAE):
 
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         cfg, batch = self.config, x.shape[0]
-        gate, magnitude = self.gate_and_magnitude(x)  # (B, d_sae) each
+        self.check_input(x)
+        # proj's backward multiplies only where the gate is open (msae.sparse.encode_sparse_grad)
+        proj = encode_sparse_grad(x - self.b_dec, self.W_enc, self.b_gate.new_zeros(()).expand(self.d_sae))
+        gate, magnitude = proj + self.b_gate, torch.addcmul(self.b_mag, proj, self.r_mag.exp())  # (B, d_sae) each
         acts = torch.where(gate > 0, torch.relu(magnitude), 0.0)
-        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)
+        residual = x - (decode_sparse(acts, self.W_dec) + self.b_dec)
         mse = residual.pow(2).sum(-1).mean()
         gate_acts = torch.relu(gate)
-        sparsity = gate_acts.sum(0) @ self.W_dec.norm(dim=1).detach() / batch
-        gate_residual = x - torch.addmm(self.b_dec.detach(), gate_acts, self.W_dec.detach())
+        sparsity = (gate_acts @ self.W_dec.norm(dim=1).detach()).sum() / batch
+        gate_residual = x - (decode_sparse(gate_acts, self.W_dec.detach()) + self.b_dec.detach())
         auxiliary = gate_residual.pow(2).sum(-1).mean()
         coefficient = self.l1_coefficient * warmup_factor(step, self.n_warmup)
-        l0 = (acts > 0).sum() / batch
+        l0 = torch.count_nonzero(acts) / batch
         if step >= self.n_warmup:
             steer_towards_l0(self.l1_coefficient, l0, cfg.target_l0, cfg.controller_rate)
         stats = {"mse": mse.detach(), "l1": sparsity.detach(), "auxiliary": auxiliary.detach(), "l0": l0,

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from ..autoencoder import StepOutput, check_dimensions
-from .common import UnitNormSAE, check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
+from ..sparse import decode_sparse
+from .common import (UnitNormSAE, check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor,
+                     warmup_steps)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class PAnnealConfig:
     anneal_start_fraction: float = 0.05
     anneal_end_fraction: float = 0.8
     rescale_batches: int = 10
-    controller_rate: float = 3e-3
+    controller_rate: float = 1e-2  # see common.steer_towards_l0
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
     seed: int = 0
@@ -101,14 +103,14 @@ class PAnnealSAE(UnitNormSAE):
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         cfg, batch = self.config, x.shape[0]
         p = cfg.p_at(step)
-        acts = self.pre_activations(x)  # (B, d_sae)
-        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)
+        acts = torch.relu(training_pre_activations(self, x))  # (B, d_sae)
+        residual = x - (decode_sparse(acts, self.W_dec) + self.b_dec)
         mse = residual.pow(2).sum(-1).mean()
         self._rescale_for_p(acts.detach(), step, p)
         # ReLU's backward zeroes the infinite slope of acts ** p at acts = 0 (p < 1).
         lp = acts.pow(p).sum() / batch
         coefficient = self.lp_coefficient * warmup_factor(step, self.n_warmup)
-        l0 = (acts > 0).sum() / batch
+        l0 = torch.count_nonzero(acts) / batch
         if step >= self.n_warmup:
             steer_towards_l0(self.lp_coefficient, l0, cfg.target_l0, cfg.controller_rate)
         stats = {"mse": mse.detach(), "lp": lp.detach(), "p": torch.tensor(p), "l0": l0,

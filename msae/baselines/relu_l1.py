@@ -18,7 +18,8 @@ import torch
 
 from ..autoencoder import StepOutput
 from ..l1_sae import L1Config, L1SAE
-from .common import check_penalty_fields, steer_towards_l0, warmup_steps
+from ..sparse import decode_sparse
+from .common import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_steps
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ReLUL1Config(L1Config):
     must stay off."""
 
     l1_coefficient: float = 0.1  # start; inputs normalised to E||x||^2 = 1
-    controller_rate: float = 3e-3
+    controller_rate: float = 1e-2  # see common.steer_towards_l0
     total_steps: int | None = None
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
@@ -52,12 +53,12 @@ class ReLUL1SAE(L1SAE):
 
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         cfg, batch = self.config, x.shape[0]
-        acts = self.pre_activations(x)  # (B, d_sae)
-        residual = x - torch.addmm(self.b_dec, acts, self.W_dec)  # (B, d_in)
+        acts = torch.relu(training_pre_activations(self, x))  # (B, d_sae)
+        residual = x - (decode_sparse(acts, self.W_dec) + self.b_dec)  # (B, d_in)
         mse = residual.pow(2).sum(-1).mean()
-        l1 = acts.sum(0) @ self.W_dec.norm(dim=1) / batch  # mean_b sum_i acts_i ||W_dec_i||
+        l1 = (acts @ self.W_dec.norm(dim=1)).sum() / batch  # mean_b sum_i acts_i ||W_dec_i||
         l1_coefficient = self.current_l1_coefficient(step)
-        l0 = (acts > 0).sum() / batch
+        l0 = torch.count_nonzero(acts) / batch
         with torch.no_grad():
             if step >= cfg.l1_warmup_steps:
                 steer_towards_l0(self.l1_coefficient, l0, cfg.target_l0, cfg.controller_rate)
