@@ -24,20 +24,9 @@ import torch
 import msae.sparse
 from msae.architectures import build_sae
 from msae.train import TrainConfig, optimization_step
+from train_speed import batches  # the same activation-like data as the Matryoshka benchmark
 
 PENALTY_ARCHITECTURES = ["relu", "gated", "jumprelu", "p_anneal"]
-
-
-def batches(d_in: int, batch: int, n: int) -> list[torch.Tensor]:
-    """Activation-like data scaled to E||x||^2 = 1 (as the trainer scales its inputs)."""
-    gen = torch.Generator().manual_seed(0)
-    dictionary = torch.randn(4 * d_in, d_in, generator=gen) / d_in**0.5
-    out = []
-    for _ in range(n):
-        codes = torch.relu(torch.randn(batch, 4 * d_in, generator=gen) - 2.0)
-        x = codes @ dictionary + 0.05 * torch.randn(batch, d_in, generator=gen)
-        out.append(x / x.pow(2).sum(1).mean().sqrt())
-    return out
 
 
 @torch.no_grad()
@@ -77,7 +66,7 @@ def main():
     parser.add_argument("--steps-per-round", type=int, default=3)
     args = parser.parse_args()
     d_in, d_sae, batch, l0 = map(int, args.size.split(","))
-    data = batches(d_in, batch, 4)
+    data = batches(d_in, batch, 4, "cpu")
     config = TrainConfig(steps=10_000, lr=1e-5, warmup_steps=0)  # small steps: the L0 stays put
     arms = []
     for architecture in PENALTY_ARCHITECTURES:
