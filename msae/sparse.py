@@ -253,10 +253,10 @@ class _DecodeSparse(torch.autograd.Function):
         return grad_acts, grad_W, None
 
 
-def encode_sparse_grad(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
-    """``x @ W_enc + b_enc``: (B, d_in) -> (B, d_sae), a dense forward whose backward multiplies
-    only the non-zeros of the incoming (B, d_sae) gradient, which after a sparse activation are
-    the few active latents. Exact: zeros contribute nothing to either product."""
+def encode_sparse_grad(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W_enc + b_enc`` (``b_enc`` optional): (B, d_in) -> (B, d_sae), a dense forward whose
+    backward multiplies only the non-zeros of the incoming (B, d_sae) gradient, which after a
+    sparse activation are the few active latents. Exact: zeros contribute nothing to either product."""
     return _EncodeSparseGrad.apply(x, W_enc, b_enc)
 
 
@@ -264,7 +264,7 @@ class _EncodeSparseGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc):
         ctx.save_for_backward(x, W_enc)
-        return torch.addmm(b_enc, x, W_enc)
+        return x @ W_enc if b_enc is None else torch.addmm(b_enc, x, W_enc)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -78,7 +78,7 @@ class GatedSAE(UnitNormSAE):
         cfg, batch = self.config, x.shape[0]
         self.check_input(x)
         # proj's backward multiplies only where the gate is open (msae.sparse.encode_sparse_grad)
-        proj = encode_sparse_grad(x - self.b_dec, self.W_enc, self.b_gate.new_zeros(()).expand(self.d_sae))
+        proj = encode_sparse_grad(x - self.b_dec, self.W_enc)
         gate, magnitude = proj + self.b_gate, torch.addcmul(self.b_mag, proj, self.r_mag.exp())  # (B, d_sae) each
         acts = torch.where(gate > 0, torch.relu(magnitude), 0.0)
         residual = x - (decode_sparse(acts, self.W_dec) + self.b_dec)
