@@ -5,7 +5,8 @@ SAELens (and SAEBench, which loads through it): a folder with ``cfg.json`` and
 for JumpReLU SAEs, a per-latent ``threshold``. A Matryoshka BatchTopK SAE is written as a
 JumpReLU SAE with its one global threshold repeated per latent, which is exactly how it runs at
 inference. Our own config rides along under the ``"msae"`` key, so :func:`load_sae` rebuilds the
-same class; SAELens ignores keys it does not know.
+same class; SAELens ignores keys it does not know. SAELens's own "standard", "jumprelu", "topk"
+and "gated" SAEs load too.
 
 dictionary_learning (saprmarks): a folder with ``ae.pt`` (a state dict) and ``config.json``
 (``{"trainer": {...}, "buffer": {...}}``).
@@ -75,8 +76,8 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, **metadata: Any) -> Path:
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Load an SAE from a SAELens-layout folder: ours back into its own class, others (standard
-    or JumpReLU) into an :class:`InferenceSAE`."""
+    """Load an SAE from a SAELens-layout folder: ours back into its own class, others (standard,
+    JumpReLU, TopK or Gated) as :func:`_load_foreign_saelens` says."""
     path = Path(path)
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights_path.is_file():
@@ -101,17 +102,53 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
                 raise ValueError(f"{path}: a Matryoshka BatchTopK SAE has one global threshold, found several")
             sae.threshold.fill_(float(threshold[0]))
         return sae.to(device)
+    return _load_foreign_saelens(cfg, tensors, path).to(device)
+
+
+FOREIGN_SAELENS_ARCHITECTURES = ("standard", "jumprelu", "topk", "gated")
+
+
+def _load_foreign_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> SparseAutoencoder:
+    """An SAE that SAELens (or another tool writing its layout) saved: "standard" and "jumprelu"
+    into an :class:`InferenceSAE`, "topk" and "gated" into our own classes, which compute the same
+    encoding."""
     architecture = cfg.get("architecture", "standard")
-    if architecture not in ("standard", "jumprelu"):
-        raise ValueError(f"{path}: SAELens architecture {architecture!r} is not supported (standard, jumprelu)")
+    if architecture not in FOREIGN_SAELENS_ARCHITECTURES:
+        raise ValueError(f"{path}: SAELens architecture {architecture!r} is not supported "
+                         f"({', '.join(FOREIGN_SAELENS_ARCHITECTURES)})")
+    if "W_enc" not in tensors:
+        raise ValueError(f"{path}: weights file has no 'W_enc'")
     d_in, d_sae = tensors["W_enc"].shape
     if (cfg.get("d_in"), cfg.get("d_sae")) not in ((d_in, d_sae), (None, None)):
         raise ValueError(f"{path}: cfg.json says d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')} but W_enc is {d_in}x{d_sae}")
-    sae = InferenceSAE(d_in, d_sae, bool(cfg.get("apply_b_dec_to_input", True)), architecture)
-    _load_weights(sae, tensors, path)
-    if architecture == "jumprelu":
-        sae.threshold.copy_(tensors["threshold"])
-    return sae.to(device)
+    apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+    if architecture in ("standard", "jumprelu"):
+        sae = InferenceSAE(d_in, d_sae, apply_b_dec_to_input, architecture)
+        _load_weights(sae, tensors, path)
+        if architecture == "jumprelu":
+            sae.threshold.copy_(tensors["threshold"])
+        return sae
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(f"{path}: activations rescaled by decoder norm are not supported")
+    if architecture == "topk":
+        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        if k is None:
+            raise ValueError(f"{path}: a TopK SAE's cfg.json needs its k ('k' or activation_fn_kwargs.k)")
+        sae = TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=int(k)))
+    else:
+        sae = GatedSAE(GatedConfig(d_in=d_in, d_sae=d_sae))
+    sae.import_tensors(tensors, path)
+    if not apply_b_dec_to_input:
+        # Ours always encode x - b_dec; one that encodes x itself is the same map with
+        # b_dec @ W_enc added to each encoder bias (scaled by exp(r_mag) on the magnitude path).
+        with torch.no_grad():
+            shift = sae.b_dec @ sae.W_enc  # (d_sae,)
+            if architecture == "topk":
+                sae.b_enc += shift
+            else:
+                sae.b_gate += shift
+                sae.b_mag += shift * sae.r_mag.exp()
+    return sae
 
 
 def _load_weights(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -62,39 +62,72 @@ def random_weights(gen, d_in, d_sae):
     }
 
 
-def saelens_forward(t, x, architecture):
-    """SAELens: hidden = (x - b_dec) @ W_enc + b_enc; ReLU; JumpReLU masks by threshold."""
-    hidden = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
-    acts = torch.relu(hidden)
-    if architecture == "jumprelu":
-        acts = acts * (hidden > t["threshold"])
+def saelens_forward(t, x, architecture, apply_b_dec_to_input=True, k=None):
+    """SAELens's encoders, from their formulas: sae_in = x - b_dec (when apply_b_dec_to_input);
+    standard ReLU(sae_in @ W_enc + b_enc), JumpReLU masks it by threshold, TopK keeps the k
+    largest pre-activations per row then ReLU, Gated: [sae_in @ W_enc + b_gate > 0] *
+    ReLU(sae_in @ (W_enc * exp(r_mag)) + b_mag). Returns (acts, reconstruction)."""
+    sae_in = x - t["b_dec"] if apply_b_dec_to_input else x
+    if architecture == "gated":
+        gate = sae_in @ t["W_enc"] + t["b_gate"] > 0
+        acts = gate * torch.relu(sae_in @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    else:
+        hidden = sae_in @ t["W_enc"] + t["b_enc"]
+        acts = torch.relu(hidden)
+        if architecture == "jumprelu":
+            acts = acts * (hidden > t["threshold"])
+        if architecture == "topk":
+            top = hidden.topk(k, dim=-1)
+            acts = torch.zeros_like(hidden).scatter_(-1, top.indices, torch.relu(top.values))
     return acts, acts @ t["W_dec"] + t["b_dec"]
 
 
-@pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
-def test_reads_foreign_saelens_sae(tmp_path, gen, architecture):
-    d_in, d_sae = 10, 30
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk", "gated"])
+def test_reads_foreign_saelens_sae(tmp_path, gen, architecture, apply_b_dec_to_input):
+    d_in, d_sae, k = 10, 30, 4
     t = random_weights(gen, d_in, d_sae)
+    cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": apply_b_dec_to_input}
     if architecture == "jumprelu":
         t["threshold"] = torch.rand(d_sae, generator=gen)
+    if architecture == "topk":
+        cfg["k"] = k
+    if architecture == "gated":
+        del t["b_enc"]
+        t.update(b_gate=torch.randn(d_sae, generator=gen), b_mag=torch.randn(d_sae, generator=gen),
+                 r_mag=torch.randn(d_sae, generator=gen) * 0.5)
     save_file(t, tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": architecture, "d_in": d_in, "d_sae": d_sae}))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     sae = load_sae(tmp_path)
-    assert isinstance(sae, InferenceSAE)
+    assert sae.architecture == architecture
     x = torch.randn(25, d_in, generator=gen)
-    acts, x_hat = saelens_forward(t, x, architecture)
-    torch.testing.assert_close(sae.encode(x), acts)
-    torch.testing.assert_close(sae(x), x_hat)
+    # the reference in float64; ours runs in float32, and for apply_b_dec_to_input=False folds
+    # b_dec @ W_enc into its biases: rounding of O(10)-sized sums, far below the 1e-4 allowed
+    acts, x_hat = saelens_forward({n: v.double() for n, v in t.items()}, x.double(), architecture,
+                                  apply_b_dec_to_input, k)
+    torch.testing.assert_close(sae.encode(x).double(), acts, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sae(x).double(), x_hat, rtol=1e-4, atol=1e-4)
     save_sae(sae, tmp_path / "again")  # and out again
-    torch.testing.assert_close(load_sae(tmp_path / "again")(x), x_hat)
+    torch.testing.assert_close(load_sae(tmp_path / "again")(x), sae(x))
+
+
+def test_foreign_topk_reads_k_from_older_configs(tmp_path, gen):
+    t = random_weights(gen, 6, 12)
+    save_file(t, tmp_path / "sae_weights.safetensors")
+    cfg = {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert load_sae(tmp_path).config.k == 3
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "topk"}))
+    with pytest.raises(ValueError, match="needs its k"):
+        load_sae(tmp_path)
 
 
 def test_unsupported_or_broken_saelens_folders(tmp_path, gen):
     with pytest.raises(FileNotFoundError, match="needs cfg.json and sae_weights.safetensors"):
         load_sae(tmp_path)
     save_file({"W_enc": torch.randn(4, 6)}, tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated"}))
-    with pytest.raises(ValueError, match="'gated' is not supported"):
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "transcoder"}))
+    with pytest.raises(ValueError, match="'transcoder' is not supported"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 5, "d_sae": 6}))
     with pytest.raises(ValueError, match="says d_in=5"):
