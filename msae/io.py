@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,13 @@ def _load_foreign_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
     d_in, d_sae = tensors["W_enc"].shape
     if (cfg.get("d_in"), cfg.get("d_sae")) not in ((d_in, d_sae), (None, None)):
         raise ValueError(f"{path}: cfg.json says d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')} but W_enc is {d_in}x{d_sae}")
+    normalization = cfg.get("normalize_activations") or "none"
+    if normalization != "none":
+        # SAELens applies it at run time (with a scale estimated from data for
+        # "expected_average_only_in"); the file holds only the weights, so it cannot be folded here.
+        warnings.warn(f"{path}: cfg.json says normalize_activations={normalization!r}, which SAELens applies "
+                      "to the inputs at run time and load_sae does not: feed this SAE inputs normalized that "
+                      "way (its reconstructions are then in the normalized space too)", stacklevel=3)
     apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
     if architecture in ("standard", "jumprelu"):
         sae = InferenceSAE(d_in, d_sae, apply_b_dec_to_input, architecture)

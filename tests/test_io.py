@@ -2,6 +2,7 @@
 each library's forward pass written out from its documented formula."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -119,6 +120,18 @@ def test_foreign_topk_reads_k_from_older_configs(tmp_path, gen):
     assert load_sae(tmp_path).config.k == 3
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "topk"}))
     with pytest.raises(ValueError, match="needs its k"):
+        load_sae(tmp_path)
+
+
+def test_foreign_input_normalization_is_warned_about(tmp_path, gen):
+    save_file(random_weights(gen, 6, 12), tmp_path / "sae_weights.safetensors")
+    cfg = {"architecture": "standard", "normalize_activations": "expected_average_only_in"}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="normalize_activations='expected_average_only_in'"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "none"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         load_sae(tmp_path)
 
 
