@@ -51,3 +51,20 @@ def tiny_model(shape: str = "llama", seed: int = 0):
         raise ValueError(shape)
     torch.manual_seed(seed)
     return HookedTransformer(HookedTransformerConfig(**common, **extra), tokenizer=tokenizer)
+
+
+def local_text_sweep_config(profile: str, folder, **fields):
+    """A tiny sweep at ``profile`` whose train and held-out text are local story files read through
+    the Hugging Face ``datasets`` "text" loader (the paper profile's code path, offline)."""
+    from msae import sweep
+    from msae.activations import CorpusConfig
+
+    corpora = {}
+    for name, seed in (("train", 0), ("eval", 1)):
+        path = folder / f"{name}.txt"
+        path.write_text("\n".join(s.text for s in generate_stories(150, seed)))
+        corpora[name] = CorpusConfig(source="hf", path="text", data_files=[str(path)], n_documents=10**9)
+    tiny = dict(hook_name="blocks.1.hook_resid_post", d_sae=64, k_values=[4], matched_k=4, n_tokens=1500, steps=30,
+                batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
+                dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9)
+    return sweep.sweep_config(profile, corpus=corpora["train"], eval_corpus=corpora["eval"], **{**tiny, **fields})

@@ -7,26 +7,14 @@ import math
 
 import pytest
 
-from lm_helpers import tiny_model
+from lm_helpers import local_text_sweep_config, tiny_model
 from msae import feature_evals, sweep
-from msae.activations import CorpusConfig
 from msae.autointerp import JudgeConfig
-from msae.stories import generate_stories
 
 
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    for name, seed in (("train.txt", 0), ("eval.txt", 1)):
-        (folder / name).write_text("\n".join(s.text for s in generate_stories(150, seed)))
-    config = sweep.sweep_config(
-        "smoke",
-        corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "train.txt")], n_documents=10**9),
-        eval_corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "eval.txt")], n_documents=10**9),
-        hook_name="blocks.1.hook_resid_post", d_sae=64, k_values=[4], matched_k=4, n_tokens=1500, steps=30,
-        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
-        dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9,
-    )
+    config = local_text_sweep_config("smoke", tmp_path_factory.mktemp("text"))
     runs = tmp_path_factory.mktemp("runs")
     results = sweep.run_sweep(config, runs, progress=False, model=tiny_model())
     eval_config = feature_evals.EvalConfig(n_stories=300, concept_stories=40, meta_sae_steps=20, meta_sae_batch_size=32)

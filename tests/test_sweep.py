@@ -5,25 +5,14 @@ import json
 
 import pytest
 
-from lm_helpers import tiny_model
+from lm_helpers import local_text_sweep_config, tiny_model
 from msae import sweep
-from msae.activations import CorpusConfig
-from msae.stories import generate_stories
 
 
 @pytest.fixture(scope="module")
 def paper_like(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    for name, seed in (("train.txt", 0), ("eval.txt", 1)):
-        (folder / name).write_text("\n".join(s.text for s in generate_stories(150, seed)))
-    config = sweep.sweep_config(
-        "paper",
-        corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "train.txt")], n_documents=10**9),
-        eval_corpus=CorpusConfig(source="hf", path="text", data_files=[str(folder / "eval.txt")], n_documents=10**9),
-        hook_name="blocks.1.hook_resid_post", d_sae=64, k_values=[2, 4], matched_k=4, n_tokens=1500, steps=30,
-        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
-        dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9, device="cpu", needs_gpu=False,
-    )
+    config = local_text_sweep_config("paper", tmp_path_factory.mktemp("text"), k_values=[2, 4], device="cpu",
+                                     needs_gpu=False)
     runs = tmp_path_factory.mktemp("runs")
     model = tiny_model("gemma2")
     return config, runs, model, sweep.run_sweep(config, runs, progress=False, model=model)
