@@ -60,7 +60,7 @@ class StudyConfig:
 
 STUDIES = {
     "paper": StudyConfig(widths=[4096, 16384], width_k_values=[40, 80, 160], ablation_k_values=[20, 40, 80, 160, 320]),
-    # default: sized for ~1.5 hours on two CPU cores (README); the baselines skip the sweep's L0 10
+    # default: the studies take about 2.5 hours on two CPU cores (README); the baselines skip the sweep's L0 10
     "default": StudyConfig(baseline_k_values=[20, 40, 80], widths=[576, 1152], width_k_values=[40],
                            ablation_k_values=[20, 40, 80]),
     "smoke": StudyConfig(widths=[128], width_k_values=[8], ablation_k_values=[8]),
