@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from msae.autoencoder import InferenceSAE
 from msae.io import load_dictionary_learning, load_sae, save_sae
 from msae.l1_sae import L1Config, L1SAE
 from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
