@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_write, write_json
 from .stories import corpus_fingerprint, generate_stories
+from .train import EpochShuffledRows
 
 
 class DataUnavailableError(RuntimeError):
@@ -210,7 +211,7 @@ def _run_shard(model, tokens: torch.Tensor, config: ActivationConfig, layer: int
     return torch.cat(acts).numpy(), tokens[keep].to(torch.int32).numpy()
 
 
-class CachedActivations:
+class CachedActivations(EpochShuffledRows):
     """Shuffled batches from a collected cache: each epoch visits every token once, in an order
     fixed by ``seed`` and the epoch. Resumable: ``state_dict`` is (epoch, position)."""
 
@@ -222,12 +223,11 @@ class CachedActivations:
         self.meta = json.loads(meta_path.read_text())
         self.shards = [np.load(self.folder / s["file"], mmap_mode="r") for s in self.meta["shards"]]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        self.n_tokens = int(self.offsets[-1])
+        self.n_tokens = self.n_rows = int(self.offsets[-1])
         if batch_size > self.n_tokens:
             raise ValueError(f"batch size {batch_size} exceeds the {self.n_tokens} cached tokens")
         self.batch_size, self.seed = batch_size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
+        self._start()
 
     @property
     def d_model(self) -> int:
@@ -255,21 +255,6 @@ class CachedActivations:
             order = np.argsort(local)  # sorted reads are kinder to the page cache
             out[where[order]] = self.shards[shard][local[order]]
         return torch.from_numpy(out)
-
-    def next_batch(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.n_tokens:  # drop the ragged end of the epoch
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        indices = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return self.rows(indices)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "activations", "cache": self.folder.name, "n_tokens": self.n_tokens,

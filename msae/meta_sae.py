@@ -20,42 +20,29 @@ import torch
 
 from .metrics import unit_rows, variance_explained
 from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from .train import TrainConfig, train
+from .train import EpochShuffledRows, TrainConfig, train
 
 
-class DecoderRows:
+class DecoderRows(EpochShuffledRows):
     """A :class:`msae.train.DataSource` over a fixed (n_rows, d_in) matrix: batches of rows
     without replacement, in a fresh order each epoch (the ragged end of an epoch is dropped)."""
 
     def __init__(self, rows: torch.Tensor, batch_size: int, seed: int = 0):
         if not 0 < batch_size <= rows.shape[0]:
             raise ValueError(f"batch_size must be in 1..{rows.shape[0]} (the number of rows), got {batch_size}")
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
+        self.matrix, self.n_rows, self.batch_size, self.seed = rows, rows.shape[0], batch_size, seed
+        self._start()
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         # Seeded by (seed, epoch) so a resumed stream reproduces the same order.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.rows.shape[0], generator=generator).to(self.rows.device)
+        return torch.randperm(self.n_rows, generator=generator).to(self.matrix.device)
 
-    def next_batch(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.rows.shape[0]:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        indices = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return self.rows[indices]  # (batch_size, d_in)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.matrix[indices]  # (len(indices), d_in)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "decoder rows", "n_rows": self.rows.shape[0], "d_in": self.rows.shape[1],
+        return {"kind": "decoder rows", "n_rows": self.n_rows, "d_in": self.matrix.shape[1],
                 "batch_size": self.batch_size, "seed": self.seed}
 
 

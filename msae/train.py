@@ -43,6 +43,44 @@ class DataSource(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+class EpochShuffledRows:
+    """Base of the :class:`DataSource` s over a fixed set of ``n_rows`` rows: batches without
+    replacement, in a fresh order each epoch, the ragged end of an epoch dropped. Resumable:
+    ``state_dict`` is (epoch, position), and the order of an epoch depends only on the epoch.
+
+    A subclass sets ``n_rows`` and ``batch_size`` and then calls ``_start()``, and defines
+    ``_permutation(epoch)`` (an order of range(n_rows), seeded) and ``rows(indices)`` ->
+    (len(indices), d) tensor."""
+
+    n_rows: int
+    batch_size: int
+
+    def _start(self) -> None:
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int):
+        raise NotImplementedError
+
+    def rows(self, indices) -> torch.Tensor:
+        raise NotImplementedError
+
+    def next_batch(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.n_rows:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        indices = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.rows(indices)  # (batch_size, d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
 @dataclass
 class TrainConfig:
     steps: int
