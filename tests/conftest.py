@@ -23,3 +23,9 @@ def gen(request) -> torch.Generator:
 @pytest.fixture
 def seed(request) -> int:
     return (SEED + sum(map(ord, request.node.name))) % 2**31
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # The header (above) is hidden under -q: repeat the seed where a failure needs replaying.
+    if exitstatus not in (0, 5):
+        terminalreporter.write_line(f"msae test seed: {SEED} (set MSAE_TEST_SEED to replay)")
