@@ -223,11 +223,15 @@ class CachedActivations(EpochShuffledRows):
         self.meta = json.loads(meta_path.read_text())
         self.shards = [np.load(self.folder / s["file"], mmap_mode="r") for s in self.meta["shards"]]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        self.n_tokens = self.n_rows = int(self.offsets[-1])
-        if batch_size > self.n_tokens:
-            raise ValueError(f"batch size {batch_size} exceeds the {self.n_tokens} cached tokens")
-        self.batch_size, self.seed = batch_size, seed
-        self._start()
+        n_tokens = int(self.offsets[-1])
+        if batch_size > n_tokens:
+            raise ValueError(f"batch size {batch_size} exceeds the {n_tokens} cached tokens")
+        self.seed = seed
+        super().__init__(n_tokens, batch_size)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_rows
 
     @property
     def d_model(self) -> int:

@@ -30,8 +30,8 @@ class DecoderRows(EpochShuffledRows):
     def __init__(self, rows: torch.Tensor, batch_size: int, seed: int = 0):
         if not 0 < batch_size <= rows.shape[0]:
             raise ValueError(f"batch_size must be in 1..{rows.shape[0]} (the number of rows), got {batch_size}")
-        self.matrix, self.n_rows, self.batch_size, self.seed = rows, rows.shape[0], batch_size, seed
-        self._start()
+        self.matrix, self.seed = rows, seed
+        super().__init__(rows.shape[0], batch_size)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         # Seeded by (seed, epoch) so a resumed stream reproduces the same order.

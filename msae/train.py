@@ -48,14 +48,12 @@ class EpochShuffledRows:
     replacement, in a fresh order each epoch, the ragged end of an epoch dropped. Resumable:
     ``state_dict`` is (epoch, position), and the order of an epoch depends only on the epoch.
 
-    A subclass sets ``n_rows`` and ``batch_size`` and then calls ``_start()``, and defines
-    ``_permutation(epoch)`` (an order of range(n_rows), seeded) and ``rows(indices)`` ->
-    (len(indices), d) tensor."""
+    A subclass defines ``_permutation(epoch)`` (a seeded order of range(n_rows)) and
+    ``rows(indices)`` -> (len(indices), d) tensor, and calls ``super().__init__`` once what
+    ``_permutation`` reads is set."""
 
-    n_rows: int
-    batch_size: int
-
-    def _start(self) -> None:
+    def __init__(self, n_rows: int, batch_size: int):
+        self.n_rows, self.batch_size = n_rows, batch_size
         self.epoch, self.position = 0, 0
         self._order = self._permutation(0)
 
