@@ -1,7 +1,7 @@
 """Training-step speed of the penalty-based baselines, products on the non-zeros vs dense.
 
 ReLU-L1, Gated, JumpReLU and P-annealing SAEs run the products after their encoder's forward
-on the non-zeros of their codes when those are few (``msae.sparse.decode_sparse`` and
+on the non-zeros of their codes when those are few (``msae.kernels.sparse.decode_sparse`` and
 ``encode_sparse_grad``, on a CPU). Each architecture is timed both ways, side by side and
 interleaved round by round, from the same weights on the same batches, with its biases (or
 thresholds) set so that the codes have the target L0, as they have after the first few hundred
@@ -21,9 +21,9 @@ import time
 
 import torch
 
-import msae.sparse
-from msae.architectures import build_sae
-from msae.train import TrainConfig, optimization_step
+import msae.kernels.sparse
+from msae.saes.registry import build_sae
+from msae.training.loop import TrainConfig, optimization_step
 from train_speed import batches  # the same activation-like data as the Matryoshka benchmark
 
 PENALTY_ARCHITECTURES = ["relu", "gated", "jumprelu", "p_anneal"]
@@ -50,13 +50,13 @@ class Arm:
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
 
     def step(self, x: torch.Tensor, step: int) -> None:
-        saved = msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY
+        saved = msae.kernels.sparse.SPARSE_PRODUCTS_MAX_DENSITY
         if self.max_density is not None:
-            msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY = self.max_density
+            msae.kernels.sparse.SPARSE_PRODUCTS_MAX_DENSITY = self.max_density
         try:
             optimization_step(self.sae, self.optimizer, x, step, self.config)
         finally:
-            msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY = saved
+            msae.kernels.sparse.SPARSE_PRODUCTS_MAX_DENSITY = saved
 
 
 def main():

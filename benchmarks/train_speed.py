@@ -32,9 +32,9 @@ import time
 
 import torch
 
-from msae.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from msae.train import TrainConfig, optimization_step
+from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.training.loop import TrainConfig, optimization_step
 
 # (d_in, d_sae, batch, k, steps per round)
 SIZES = {

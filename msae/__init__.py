@@ -5,9 +5,9 @@ training loop) and ``msae.io`` (SAELens and dictionary_learning layouts).
 """
 
 from .io import load_dictionary_learning, load_sae, save_sae
-from .l1_sae import L1Config, L1SAE
-from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
-from .train import TrainConfig, train
+from .saes.l1 import L1Config, L1SAE
+from .saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
+from .training.loop import TrainConfig, train
 
 __all__ = [
     "L1Config",

@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from .autoencoder import InferenceSAE, SparseAutoencoder, load_named_tensors
-from .baselines import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config,
-                        ReLUL1SAE, TopKConfig, TopKSAE)
-from .checkpoint import atomic_write, write_json
-from .l1_sae import L1Config, L1SAE
-from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from .saes.base import InferenceSAE, SparseAutoencoder, load_named_tensors
+from .saes import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config, ReLUL1SAE, TopKConfig, TopKSAE)
+from .files import atomic_write, write_json
+from .saes.l1 import L1Config, L1SAE
+from .saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -93,15 +92,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
         cls, config_cls = _MSAE_CLASSES[own["class"]]
         fields = {k: v for k, v in own.items() if k != "class"}
         sae = cls(config_cls(**fields))
-        if hasattr(sae, "import_tensors"):  # layouts beyond the shared four tensors (gated, jumprelu)
-            sae.import_tensors(tensors, path)
-        else:
-            _load_weights(sae, tensors, path)
-        if isinstance(sae, MatryoshkaBatchTopKSAE):
-            threshold = tensors["threshold"]
-            if not torch.all(threshold == threshold[0]):
-                raise ValueError(f"{path}: a Matryoshka BatchTopK SAE has one global threshold, found several")
-            sae.threshold.fill_(float(threshold[0]))
+        sae.import_tensors(tensors, path)
         return sae.to(device)
     return _load_foreign_saelens(cfg, tensors, path).to(device)
 

@@ -7,7 +7,7 @@ import tempfile
 
 import torch
 
-from msae.stories import generate_stories
+from msae.data.stories import generate_stories
 
 
 @functools.cache
@@ -56,8 +56,8 @@ def tiny_model(shape: str = "llama", seed: int = 0):
 def local_text_sweep_config(profile: str, folder, **fields):
     """A tiny sweep at ``profile`` whose train and held-out text are local story files read through
     the Hugging Face ``datasets`` "text" loader (the paper profile's code path, offline)."""
-    from msae import sweep
-    from msae.activations import CorpusConfig
+    from msae.experiments import sweep
+    from msae.data.activations import CorpusConfig
 
     corpora = {}
     for name, seed in (("train", 0), ("eval", 1)):

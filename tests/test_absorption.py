@@ -1,4 +1,4 @@
-"""First-letter absorption and splitting (msae.absorption): vocabulary, prompts and activations
+"""First-letter absorption and splitting (msae.evals.absorption): vocabulary, prompts and activations
 on the tiny offline model; the probe fitters against their stated objectives and scikit-learn;
 the absorption fraction against a per-word port of SAEBench's rule; and hand-built SAEs on a
 synthetic "letter world" whose absorption and splitting are known."""
@@ -10,25 +10,8 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model, tiny_tokenizer
-from msae.absorption import (
-    LETTERS,
-    AbsorptionConfig,
-    LetterDataset,
-    LetterWords,
-    absorption_fractions,
-    evaluate_absorption,
-    f1_scores,
-    fit_sparse_probes,
-    l1_probe_weights,
-    letter_activations,
-    letter_prompts,
-    letter_tokens,
-    load_letter_dataset,
-    rank_latents,
-    save_letter_dataset,
-    train_letter_probes,
-)
-from msae.autoencoder import InferenceSAE
+from msae.evals.absorption import (LETTERS, AbsorptionConfig, LetterDataset, LetterWords, absorption_fractions, evaluate_absorption, f1_scores, fit_sparse_probes, l1_probe_weights, letter_activations, letter_prompts, letter_tokens, load_letter_dataset, rank_latents, save_letter_dataset, train_letter_probes)
+from msae.saes.base import InferenceSAE
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -5,16 +5,7 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model
-from msae.activations import (
-    ActivationConfig,
-    CachedActivations,
-    CorpusConfig,
-    DataUnavailableError,
-    collect_activations,
-    iter_contexts,
-    iter_documents,
-    keep_mask,
-)
+from msae.data.activations import (ActivationConfig, CachedActivations, CorpusConfig, DataUnavailableError, collect_activations, iter_contexts, iter_documents, keep_mask)
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -123,7 +114,7 @@ def test_text_folder_and_local_hf_files(model, tmp_path):
 
 
 def test_live_stream_serves_the_models_activations_shuffled(model, tmp_path):
-    from msae.activations import LiveActivations
+    from msae.data.activations import LiveActivations
 
     cfg = config()
     cached = torch.from_numpy(np.concatenate([np.load(f) for f in sorted(collect_activations(model, cfg, tmp_path, progress=False).glob("shard_*.npy"))]))
@@ -143,7 +134,7 @@ def test_live_stream_serves_the_models_activations_shuffled(model, tmp_path):
 
 
 def test_corpus_specs(tmp_path):
-    from msae.activations import corpus_from_spec
+    from msae.data.activations import corpus_from_spec
 
     assert corpus_from_spec(None) is None
     hf = corpus_from_spec("hf:monology/pile-uncopyrighted")

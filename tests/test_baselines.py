@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 
-from msae.baselines import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE,
-                            ReLUL1Config, ReLUL1SAE, TopKConfig, TopKSAE, firing_count, jump_relu)
+from msae.saes import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config, ReLUL1SAE, TopKConfig, TopKSAE, firing_count, jump_relu)
 from msae.io import load_sae, save_sae
-from msae.train import TrainConfig, optimization_step
+from msae.training.loop import TrainConfig, optimization_step
 
 D_IN, D_SAE = 12, 40
 
@@ -153,7 +152,7 @@ def test_controller_moves_the_coefficient_towards_the_target(kind, gen, seed):
 @pytest.mark.parametrize("l0_over_target, exponent", [(8.0, 1.0), (2.0, 1.0), (2 ** 0.5, 0.5), (1.0, 0.0),
                                                       (0.5 ** 0.25, -0.25), (0.25, -1.0), (0.0, -1.0)])
 def test_controller_step_is_proportional_to_log_l0_error_then_capped(l0_over_target, exponent):
-    from msae.baselines.common import steer_towards_l0
+    from msae.saes.penalty import steer_towards_l0
 
     coefficient = torch.tensor(0.3)
     steer_towards_l0(coefficient, torch.tensor(l0_over_target * 40.0), 40.0, 0.01)
@@ -437,7 +436,7 @@ def test_p_anneal_loss_and_coefficient_rescaling(gen, seed):
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
 def test_penalty_step_on_sparse_products_matches_the_dense_one(kind, gen, seed, monkeypatch):
     """The same loss and gradients whether the products after the encoder run on the non-zeros
-    or densely (msae.sparse.decode_sparse / encode_sparse_grad), in float64."""
+    or densely (msae.kernels.sparse.decode_sparse / encode_sparse_grad), in float64."""
     # a wide JumpReLU window, so that latents just below a threshold feed its gradient
     overrides = {"bandwidth": 0.5} if kind == "jumprelu" else {}
     dense = randomise(build(kind, seed, **overrides), gen).double()
@@ -445,7 +444,7 @@ def test_penalty_step_on_sparse_products_matches_the_dense_one(kind, gen, seed, 
     x = sparse_data(gen, 48, torch.float64)
     outputs = {}
     for name, sae, max_density in (("dense", dense, -1.0), ("sparse", sparse, 1.0)):
-        monkeypatch.setattr("msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY", max_density)
+        monkeypatch.setattr("msae.kernels.sparse.SPARSE_PRODUCTS_MAX_DENSITY", max_density)
         outputs[name] = sae.training_step(x, 10)
         outputs[name].loss.backward()
     density = float((outputs["dense"].acts != 0).double().mean())

@@ -1,15 +1,7 @@
 import pytest
 import torch
 
-from msae.concepts import (
-    ConceptCounts,
-    absorbing_latents,
-    concept_f1,
-    concept_f1_from_chunks,
-    general_latent,
-    holes,
-    interpretability_summary,
-)
+from msae.evals.concepts import (ConceptCounts, absorbing_latents, concept_f1, concept_f1_from_chunks, general_latent, holes, interpretability_summary)
 
 
 def random_concepts(gen, n_tokens, n_concepts, p=0.2):
@@ -88,7 +80,7 @@ def test_matches_brute_force_on_random_binary_data(gen):
 
 
 def test_chunking_inside_one_call(gen, monkeypatch):
-    import msae.concepts as concepts_module
+    import msae.evals.concepts as concepts_module
 
     monkeypatch.setattr(concepts_module, "_CHUNK_ENTRIES", 7 * 13)  # 7 tokens per chunk of 13 latents
     n_tokens, d_sae, n_concepts = 100, 13, 4

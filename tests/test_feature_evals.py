@@ -8,8 +8,8 @@ import math
 import pytest
 
 from lm_helpers import local_text_sweep_config, tiny_model
-from msae import feature_evals, sweep
-from msae.autointerp import JudgeConfig
+from msae.experiments import feature_evals, sweep
+from msae.evals.autointerp import JudgeConfig
 
 
 @pytest.fixture(scope="module")

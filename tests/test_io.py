@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from msae.io import load_dictionary_learning, load_sae, save_sae
-from msae.l1_sae import L1Config, L1SAE
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 
 def randomise(sae, gen):

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from msae.l1_sae import L1Config, L1SAE
-from msae.prefixes import sample_prefix_ends
+from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.prefixes import sample_prefix_ends
 
 
 def make_sae(seed, **overrides):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from msae import lm
+from msae.data import models as lm
 
 
 def test_llama_conversion_reproduces_the_hf_model(seed):

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from lm_helpers import tiny_model
-from msae.activations import CorpusConfig
-from msae.autoencoder import InferenceSAE
-from msae.lm_eval import build_eval_set, cross_entropy_with, evaluate_sae, loss_recovered
+from msae.data.activations import CorpusConfig
+from msae.saes.base import InferenceSAE
+from msae.evals.lm_eval import build_eval_set, cross_entropy_with, evaluate_sae, loss_recovered
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from msae.meta_sae import DecoderRows, batch_top_k_reconstruction, train_meta_sae
-from msae.metrics import unit_rows
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from msae.sparse import batch_top_k
+from msae.evals.meta_sae import DecoderRows, batch_top_k_reconstruction, train_meta_sae
+from msae.evals.metrics import unit_rows
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.kernels.sparse import batch_top_k
 
 
 def composed_rows(gen, n_rows, d_in, n_meta, max_parts=4):
@@ -47,7 +47,7 @@ def test_rows_are_measured_as_unit_directions(gen, seed):
 
 
 def test_batch_top_k_over_all_rows_matches_one_dense_batch(gen, seed, monkeypatch):
-    import msae.meta_sae as meta_sae_module
+    import msae.evals.meta_sae as meta_sae_module
 
     monkeypatch.setattr(meta_sae_module, "_rows_per_chunk", lambda sae: 7)  # many chunks: the running pool is used
     sae = MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=12, d_sae=40, k=3, seed=seed))

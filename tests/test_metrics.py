@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from msae import metrics
+from msae.evals import metrics
 
 
 def test_variance_explained_matches_numpy_definition(gen):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msae.prefix_mse import cumulative_prefix_mse
+from msae.kernels.prefix_mse import cumulative_prefix_mse
 
 
 def random_problem(gen, dtype=torch.float64, batch=37, d_sae=53, d_in=19):

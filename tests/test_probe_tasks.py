@@ -3,16 +3,8 @@ import json
 import pytest
 import torch
 
-from msae.probe_tasks import (
-    GROUP_OF_PROFESSION,
-    STORY_SCR,
-    HFTextSource,
-    LabelContrast,
-    evaluate_suite,
-    hf_text_tasks,
-    story_tasks,
-)
-from msae.stories import generate_stories
+from msae.evals.probe_tasks import (GROUP_OF_PROFESSION, STORY_SCR, HFTextSource, LabelContrast, evaluate_suite, hf_text_tasks, story_tasks)
+from msae.data.stories import generate_stories
 
 
 @pytest.fixture

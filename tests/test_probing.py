@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from msae import probing
-from msae.probing import PooledSplit
+from msae.evals import probing
+from msae.evals.probing import PooledSplit
 
 
 def orthonormal_rows(n, d, gen):

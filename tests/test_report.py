@@ -1,4 +1,4 @@
-from msae.report import format_table
+from msae.experiments.report import format_table
 
 
 def test_format_table_aligns_and_rounds():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from msae.autoencoder import geometric_median
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
+from msae.saes.base import geometric_median
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
 
 
 def make_sae(seed, **overrides):

@@ -5,21 +5,11 @@ import copy
 import pytest
 import torch
 
-from msae.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
-from msae.prefixes import sample_prefix_ends
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from msae.sparse import (
-    _coprime_stride,
-    batch_top_k,
-    batch_top_k_active,
-    batch_top_k_indices,
-    sampled_dot,
-    selected_pre_activations,
-    sparse_decode_error,
-    sum_rows_by_col,
-    sum_rows_by_row,
-)
-from msae.train import TrainConfig, train
+from msae.kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
+from msae.saes.prefixes import sample_prefix_ends
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.kernels.sparse import (_coprime_stride, batch_top_k, batch_top_k_active, batch_top_k_indices, sampled_dot, selected_pre_activations, sparse_decode_error, sum_rows_by_col, sum_rows_by_row)
+from msae.training.loop import TrainConfig, train
 
 F64 = torch.float64
 
@@ -252,7 +242,7 @@ def test_bfloat16_autocast_keeps_float32_weights_and_a_close_loss(seed, kernels)
 def test_decode_and_encode_products_match_dense_ones(density, gen, monkeypatch):
     """ReLU codes through encode_sparse_grad and decode_sparse give the dense forward and
     gradients at either density (the sparse path at 1%, the dense fallback at 30%)."""
-    from msae.sparse import SPARSE_PRODUCTS_MAX_DENSITY, decode_sparse, encode_sparse_grad
+    from msae.kernels.sparse import SPARSE_PRODUCTS_MAX_DENSITY, decode_sparse, encode_sparse_grad
 
     batch, d_in, d_sae = 64, 16, 512
     x = torch.randn(batch, d_in, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -279,9 +269,9 @@ def test_decode_and_encode_products_match_dense_ones(density, gen, monkeypatch):
 def test_decode_sparse_passes_gradient_where_the_mask_asks(gen, monkeypatch):
     """With grad_mask, the gradient to acts is also computed at those zeros (JumpReLU's threshold
     reads it); elsewhere off the non-zeros it is 0."""
-    from msae.sparse import decode_sparse
+    from msae.kernels.sparse import decode_sparse
 
-    monkeypatch.setattr("msae.sparse.SPARSE_PRODUCTS_MAX_DENSITY", 1.0)
+    monkeypatch.setattr("msae.kernels.sparse.SPARSE_PRODUCTS_MAX_DENSITY", 1.0)
     acts = torch.randn(20, 50, generator=gen, dtype=torch.float64)
     acts = acts * (torch.rand(20, 50, generator=gen) < 0.1)
     mask = torch.rand(20, 50, generator=gen) < 0.1

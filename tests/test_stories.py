@@ -1,8 +1,8 @@
 import re
 from collections import Counter
 
-from msae import story_vocab as V
-from msae.stories import corpus_fingerprint, generate_stories
+from msae.data import story_vocab as V
+from msae.data.stories import corpus_fingerprint, generate_stories
 
 
 def test_same_seed_same_corpus_other_seed_other_corpus(seed):

@@ -2,16 +2,9 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model
-from msae.autoencoder import InferenceSAE
-from msae.stories import generate_stories
-from msae.story_activations import (
-    TextActivations,
-    collect_text_activations,
-    encode_tokens,
-    pooled,
-    pooled_resid,
-    story_activations,
-)
+from msae.saes.base import InferenceSAE
+from msae.data.stories import generate_stories
+from msae.data.story_activations import (TextActivations, collect_text_activations, encode_tokens, pooled, pooled_resid, story_activations)
 
 HOOK = "blocks.1.hook_resid_post"
 

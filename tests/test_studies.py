@@ -13,11 +13,11 @@ import torch
 matplotlib.use("Agg")
 
 from lm_helpers import tiny_model
-from msae import studies, sweep
-from msae.architectures import ARCHITECTURES, build_sae
+from msae.experiments import studies, sweep
+from msae.saes.registry import ARCHITECTURES, build_sae
 from msae.io import load_sae
 from msae.plots import studies as study_plots
-from msae.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
+from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 
 SHARED = {"d_sae", "steps", "dead_after_tokens", "threshold_start_step", "threshold_beta", "seed", "model_name", "hook_name"}
 
@@ -256,8 +256,8 @@ def test_studies_land_in_the_sweeps_results_and_folder(tiny_sweep):
 
 def test_running_the_studies_again_retrains_nothing(tiny_sweep, monkeypatch):
     config, runs, model, results = tiny_sweep
-    monkeypatch.setattr(importlib.import_module("msae.sweep"), "evaluate_sae", lambda *a, **k: pytest.fail("re-evaluated"))
-    monkeypatch.setattr(importlib.import_module("msae.train"), "_loop", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(importlib.import_module("msae.experiments.sweep"), "evaluate_sae", lambda *a, **k: pytest.fail("re-evaluated"))
+    monkeypatch.setattr(importlib.import_module("msae.training.loop"), "_loop", lambda *a, **k: pytest.fail("retrained"))
     again = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations"],
                             study_config=TINY_STUDY)
     assert again.metrics == results.metrics

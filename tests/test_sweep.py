@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lm_helpers import local_text_sweep_config, tiny_model
-from msae import sweep
+from msae.experiments import sweep
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_sweep_trains_evaluates_and_matches_prefixes(paper_like):
 
 def test_a_second_run_reuses_everything(paper_like, monkeypatch):
     config, runs, model, results = paper_like
-    import msae.sweep as module
+    import msae.experiments.sweep as module
 
     monkeypatch.setattr(module, "evaluate_sae", lambda *a, **k: pytest.fail("re-evaluated"))
     again = sweep.run_sweep(config, runs, progress=False, model=model)

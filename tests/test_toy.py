@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from msae.toy import FeatureNode, FeatureTree, ToyData, load_tree, paper_tree
+from msae.data.toy import FeatureNode, FeatureTree, ToyData, load_tree, paper_tree
 
 
 def test_paper_tree_structure_and_expected_l0():

@@ -7,7 +7,7 @@ time and its mean matched cosine 0.867-0.878; the Matryoshka SAE's absorption wa
 
 import pytest
 
-from msae import toy_experiment
+from msae.experiments import toy as toy_experiment
 
 
 @pytest.fixture(scope="module")

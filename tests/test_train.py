@@ -5,13 +5,13 @@ import signal
 import pytest
 import torch
 
-from msae.checkpoint import CheckpointError
+from msae.training.checkpoint import CheckpointError
 from msae.io import load_sae
-from msae.metrics import variance_explained
-from msae.l1_sae import L1Config, L1SAE
-from msae.sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from msae.toy import FeatureTree, ToyData, paper_tree
-from msae.train import NonFiniteError, TrainConfig, lr_factor, train
+from msae.evals.metrics import variance_explained
+from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.data.toy import FeatureTree, ToyData, paper_tree
+from msae.training.loop import NonFiniteError, TrainConfig, lr_factor, train
 
 STEPS = 60
 
@@ -157,7 +157,7 @@ def test_checkpoint_from_before_an_option_existed_resumes_while_the_option_is_un
 
 
 def test_lockstep_training_equals_separate_runs_and_resumes(tmp_path, seed):
-    from msae.train import train_many
+    from msae.training.loop import train_many
 
     separate = {name: train(make(seed), Data(seed), config(), progress=False).sae
                 for name, make in (("m", matryoshka), ("l", l1))}
@@ -174,7 +174,7 @@ def test_lockstep_training_equals_separate_runs_and_resumes(tmp_path, seed):
 
 
 def test_lockstep_refuses_runs_saved_at_different_steps(tmp_path, seed):
-    from msae.train import train_many
+    from msae.training.loop import train_many
 
     with pytest.raises(KeyboardInterrupt):
         train(matryoshka(seed), Data(seed, interrupt_at=call_of_step(9)), config(), tmp_path / "m", progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..sweep import SweepResults
+from ..experiments.sweep import SweepResults
 
 ARCHITECTURES = {"batchtopk": ("BatchTopK", "tab:blue", "o"), "matryoshka": ("Matryoshka", "tab:red", "s")}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from ..toy_experiment import SAE_KINDS, ToyEvaluation
+from ..experiments.toy import SAE_KINDS, ToyEvaluation
 
 TITLES = {"vanilla": "Vanilla SAE", "matryoshka": "Matryoshka SAE"}
 

@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import metrics
-from .autoencoder import SparseAutoencoder
-from .l1_sae import L1Config, L1SAE
+from ..evals import metrics
+from ..saes.base import SparseAutoencoder
+from ..saes.l1 import L1Config, L1SAE
 from .report import format_table
-from .toy import FeatureTree, ToyData, load_tree
-from .train import TrainConfig, train
+from ..data.toy import FeatureTree, ToyData, load_tree
+from ..training.loop import TrainConfig, train
 
 
 @dataclass

@@ -25,15 +25,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
-from .checkpoint import write_json
-from .lm import load_model
-from .lm_eval import build_eval_set, evaluate_sae
+from ..data.activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
+from ..files import write_json
+from ..data.models import load_model
+from ..evals.lm_eval import build_eval_set, evaluate_sae
 from .report import format_table
-from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
-from .architectures import build_sae
+from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
+from ..saes.registry import build_sae
 from .studies import StudyConfig, study_configs
-from .train import TrainConfig, train_many
+from ..training.loop import TrainConfig, train_many
 
 
 @dataclass

@@ -15,42 +15,13 @@ from typing import Any
 
 import torch
 
+from ..files import json_default, atomic_write
+
 FORMAT = "msae-checkpoint-1"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, of another format, or of another run."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``,
-    so a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_json_default) + "\n").encode()))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -70,8 +41,8 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an msae checkpoint (expected format {FORMAT!r})")
     if expected_config is not None:
-        saved = json.loads(json.dumps(state.get("config"), default=_json_default))
-        expected = json.loads(json.dumps(expected_config, default=_json_default))
+        saved = json.loads(json.dumps(state.get("config"), default=json_default))
+        expected = json.loads(json.dumps(expected_config, default=json_default))
         if not _same_config(saved, expected):
             raise CheckpointError(
                 f"checkpoint {path} belongs to a different run: {_describe_difference(saved, expected)}; "
@@ -81,7 +52,7 @@ def load_checkpoint(path: Path, expected_config: dict[str, Any] | None = None) -
 
 
 def _same_config(saved: Any, expected: Any) -> bool:
-    """Equal configs, where a missing key counts as None: an option added to msae later, left
+    """Equal configs, where a missing key counts: an option added to msae later, left
     unset (None), matches a checkpoint written before the option existed."""
     if isinstance(saved, dict) and isinstance(expected, dict):
         return all(_same_config(saved.get(key), expected.get(key)) for key in set(saved) | set(expected))

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..autoencoder import StepOutput
-from ..l1_sae import L1Config, L1SAE
-from ..sparse import decode_sparse
-from .common import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_steps
+from .base import DeadLatentCounter, StepOutput
+from .l1 import L1Config, L1SAE
+from ..kernels.sparse import decode_sparse
+from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_steps
 
 
 @dataclass
@@ -44,12 +44,14 @@ class ReLUL1Config(L1Config):
             self.l1_warmup_steps = warmup_steps(self.total_steps, self.penalty_warmup_fraction)
 
 
-class ReLUL1SAE(L1SAE):
+class ReLUL1SAE(DeadLatentCounter, L1SAE):
+    """The ReLU-L1 SAE of the module docstring (unconstrained decoder; counts dead latents)."""
+
     architecture = "standard"
 
     def __init__(self, config: ReLUL1Config):
         super().__init__(config)
-        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+        self.add_dead_latent_counter(config.d_sae)
 
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         cfg, batch = self.config, x.shape[0]
@@ -62,8 +64,6 @@ class ReLUL1SAE(L1SAE):
         with torch.no_grad():
             if step >= cfg.l1_warmup_steps:
                 steer_towards_l0(self.l1_coefficient, l0, cfg.target_l0, cfg.controller_rate)
-            fired = acts.amax(0) > 0
-            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
-        stats = {"mse": mse.detach(), "l1": l1.detach(), "l0": l0, "l1_coefficient": l1_coefficient,
-                 "dead": (self.tokens_since_fired >= cfg.dead_after_tokens).sum()}
+        dead = self.count_firing(acts)
+        stats = {"mse": mse.detach(), "l1": l1.detach(), "l0": l0, "l1_coefficient": l1_coefficient, "dead": dead}
         return StepOutput(mse + l1_coefficient * l1, acts, residual.detach(), stats)

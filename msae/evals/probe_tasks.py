@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import probing
-from .story_vocab import PROFESSION_GROUPS
+from ..data.story_vocab import PROFESSION_GROUPS
 
 GROUP_OF_PROFESSION = {p: group for group, professions in PROFESSION_GROUPS.items() for p in professions}
 

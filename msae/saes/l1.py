@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions
-from .prefix_mse import cumulative_prefix_mse
+from .base import SparseAutoencoder, StepOutput, check_dimensions
+from ..kernels.prefix_mse import cumulative_prefix_mse
 from .prefixes import sample_prefix_ends
 
 

@@ -15,11 +15,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .autoencoder import SparseAutoencoder
-from .baselines import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config,
-                        ReLUL1SAE, TopKConfig, TopKSAE)
+from .base import SparseAutoencoder
+from .gated import GatedConfig, GatedSAE
+from .jumprelu import JumpReLUConfig, JumpReLUSAE
+from .p_anneal import PAnnealConfig, PAnnealSAE
+from .relu_l1 import ReLUL1Config, ReLUL1SAE
+from .topk import TopKConfig, TopKSAE
 from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
-from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from .matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 # Fields a sweep passes to every architecture; one whose config lacks them drops them
 # (e.g. BatchTopK's inference-threshold settings mean nothing to a Gated SAE).

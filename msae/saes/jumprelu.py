@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..autoencoder import StepOutput, check_dimensions, load_named_tensors
-from ..sparse import decode_sparse
-from .common import (UnitNormSAE, check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor,
-                     warmup_steps)
+from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
+from ..kernels.sparse import decode_sparse
+from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 
 @dataclass

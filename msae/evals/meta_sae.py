@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from .metrics import unit_rows, variance_explained
-from .sae import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from .train import EpochShuffledRows, TrainConfig, train
+from ..saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from ..data.sources import EpochShuffledRows
+from ..training.loop import TrainConfig, train
 
 
 class DecoderRows(EpochShuffledRows):

@@ -24,59 +24,18 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
-from .autoencoder import SparseAutoencoder
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
-from .io import save_sae
+from ..data.sources import DataSource
+from ..saes.base import SparseAutoencoder
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..files import write_json
+from ..io import save_sae
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class DataSource(Protocol):
-    def next_batch(self) -> torch.Tensor: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def describe(self) -> dict[str, Any]: ...
-
-
-class EpochShuffledRows:
-    """Base of the :class:`DataSource` s over a fixed set of ``n_rows`` rows: batches without
-    replacement, in a fresh order each epoch, the ragged end of an epoch dropped. Resumable:
-    ``state_dict`` is (epoch, position), and the order of an epoch depends only on the epoch.
-
-    A subclass defines ``_permutation(epoch)`` (a seeded order of range(n_rows)) and
-    ``rows(indices)`` -> (len(indices), d) tensor, and calls ``super().__init__`` once what
-    ``_permutation`` reads is set."""
-
-    def __init__(self, n_rows: int, batch_size: int):
-        self.n_rows, self.batch_size = n_rows, batch_size
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int):
-        raise NotImplementedError
-
-    def rows(self, indices) -> torch.Tensor:
-        raise NotImplementedError
-
-    def next_batch(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.n_rows:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        indices = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return self.rows(indices)  # (batch_size, d)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
 
 
 @dataclass

@@ -22,7 +22,8 @@ All are trained by ``msae.train`` (``training_step``, the optimizer hooks, ``fol
 and saved by ``msae.io`` in the SAELens layout under the architecture named by ``architecture``.
 """
 
-from .common import UnitNormSAE, steer_towards_l0
+from .base import UnitNormSAE
+from .penalty import steer_towards_l0
 from .gated import GatedConfig, GatedSAE
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, firing_count, jump_relu
 from .p_anneal import PAnnealConfig, PAnnealSAE

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..autoencoder import StepOutput, check_dimensions
-from ..sparse import decode_sparse, encode_sparse_grad
-from .common import UnitNormSAE, check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
+from .base import StepOutput, UnitNormSAE, check_dimensions
+from ..kernels.sparse import decode_sparse, encode_sparse_grad
+from .penalty import check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
 
 
 @dataclass

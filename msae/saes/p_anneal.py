@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..autoencoder import StepOutput, check_dimensions
-from ..sparse import decode_sparse
-from .common import (UnitNormSAE, check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor,
-                     warmup_steps)
+from .base import StepOutput, UnitNormSAE, check_dimensions
+from ..kernels.sparse import decode_sparse
+from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 
 @dataclass

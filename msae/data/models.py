@@ -124,7 +124,7 @@ def load_smollm2(cache_dir: str | Path, device: str = "cpu"):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
-    from .checkpoint import atomic_write, write_json
+    from ..files import atomic_write, write_json
 
     cache = Path(cache_dir) / SMOLLM2
     weights, config_file = cache / "model.safetensors", cache / "config.json"

@@ -157,7 +157,7 @@ def letter_activations(
     """
     from tqdm.auto import tqdm
 
-    from .lm import check_hook_name
+    from ..data.models import check_hook_name
 
     layer = check_hook_name(model, hook_name)
     if batch_size < 1:
@@ -229,7 +229,7 @@ def collect_letter_dataset(
 
 def save_letter_dataset(data: LetterDataset, folder: str | Path) -> Path:
     """Write ``letter_activations.pt`` and ``letter_words.json`` into ``folder``."""
-    from .checkpoint import atomic_write, write_json
+    from ..files import atomic_write, write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

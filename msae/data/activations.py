@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, write_json
+from ..files import atomic_write, write_json
 from .stories import corpus_fingerprint, generate_stories
-from .train import EpochShuffledRows
+from .sources import EpochShuffledRows
 
 
 class DataUnavailableError(RuntimeError):
@@ -153,7 +153,7 @@ class ActivationConfig:
 
 def collect_activations(model, config: ActivationConfig, cache_root: str | Path, progress: bool = True) -> Path:
     """Collect (or finish collecting) the activations of ``config``; returns the cache folder."""
-    from .lm import check_hook_name
+    from .models import check_hook_name
 
     layer = check_hook_name(model, config.hook_name)
     folder = Path(cache_root) / config.key()
@@ -276,7 +276,7 @@ class LiveActivations:
     """
 
     def __init__(self, model, config: ActivationConfig, batch_size: int, buffer_tokens: int = 250_000, seed: int = 0):
-        from .lm import check_hook_name
+        from .models import check_hook_name
 
         if buffer_tokens < 2 * batch_size:
             raise ValueError(f"buffer_tokens={buffer_tokens} must hold at least two batches of {batch_size}")

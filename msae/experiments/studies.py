@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .prefixes import group_sizes_from_fractions, validate_group_sizes
+from ..saes.prefixes import group_sizes_from_fractions, validate_group_sizes
 
 # Penalty-based and per-token architectures the paper compares against (Table 1), by registry name.
 BASELINES = ["relu", "topk", "gated", "jumprelu", "p_anneal"]

@@ -12,14 +12,12 @@ settles without chattering. The configured coefficient is only where it starts.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from ..autoencoder import SparseAutoencoder, geometric_median, init_tied_unit_norm, load_named_tensors
-from ..sae import MatryoshkaBatchTopKSAE
-from ..sparse import encode_sparse_grad
+from .base import SparseAutoencoder
+from ..kernels.sparse import encode_sparse_grad
 
 
 def training_pre_activations(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
@@ -61,40 +59,3 @@ def check_penalty_fields(config: Any) -> None:
         raise ValueError(f"penalty_warmup_fraction must be in [0, 1], got {config.penalty_warmup_fraction}")
     if config.dead_after_tokens <= 0:
         raise ValueError(f"dead_after_tokens must be positive, got {config.dead_after_tokens}")
-
-
-class UnitNormSAE(SparseAutoencoder):
-    """Base of the baselines whose decoder rows stay at unit norm (TopK, Gated, JumpReLU,
-    P-annealing), initialised as ``msae.sae``: Kaiming-uniform decoder rows scaled to unit norm,
-    ``W_enc = W_dec.T``, ``b_enc = 0``, ``b_dec`` = geometric median of the first batch."""
-
-    def __init__(self, config: Any):
-        super().__init__(config.d_in, config.d_sae)
-        self.config = config
-        init_tied_unit_norm(self, config.seed)
-        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
-
-    def initialize_from_batch(self, x: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.b_dec.copy_(geometric_median(x))
-
-    # Project out the norm-changing part of each row's gradient, renormalise after the step.
-    before_optimizer_step = MatryoshkaBatchTopKSAE.before_optimizer_step
-    after_optimizer_step = MatryoshkaBatchTopKSAE.after_optimizer_step
-
-    @torch.no_grad()
-    def count_firing(self, acts: torch.Tensor) -> torch.Tensor:
-        """Update the tokens-since-fired counter from (B, d_sae) ``acts``; returns the number of
-        dead latents (silent for ``dead_after_tokens``)."""
-        fired = acts.amax(0) > 0  # (d_sae,), no (B, d_sae) temporary
-        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + acts.shape[0]))
-        return (self.tokens_since_fired >= self.config.dead_after_tokens).sum()
-
-    def export_config(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, **asdict(self.config)}
-
-    def import_tensors(self, tensors: dict[str, torch.Tensor], where: Any = "weights") -> None:
-        """Load the tensors :meth:`export_tensors` wrote (used by ``msae.io.load_sae``)."""
-        load_named_tensors(self, tensors, list(self.export_tensors()), where)
-
-

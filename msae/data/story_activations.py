@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 from .stories import corpus_fingerprint, generate_stories
 
 FORMAT = "msae-text-activations-1"
@@ -126,7 +126,7 @@ def collect_text_activations(
 ) -> TextActivations:
     """Run ``model`` (a HookedTransformer) over each text and keep the residual stream at
     ``hook_name``. ``spans`` (one list per text, as ``Story.spans``) give the concept tags."""
-    from .lm import check_hook_name
+    from .models import check_hook_name
 
     texts = list(texts)
     n = len(texts)

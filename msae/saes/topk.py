@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from ..autoencoder import StepOutput, check_dimensions
-from ..prefix_mse import sparse_cumulative_prefix_mse
-from ..sae import MatryoshkaBatchTopKSAE
-from ..sparse import ActiveLatents, selected_pre_activations
-from .common import UnitNormSAE
+from .auxk import AuxKMixin
+from .base import StepOutput, UnitNormSAE, check_dimensions
+from ..kernels.prefix_mse import sparse_cumulative_prefix_mse
+from ..kernels.sparse import ActiveLatents, selected_pre_activations
 
 
 @dataclass
@@ -54,10 +53,10 @@ def per_token_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
 
 
-class TopKSAE(UnitNormSAE):
+class TopKSAE(AuxKMixin, UnitNormSAE):
+    """The TopK SAE of the module docstring: exactly k latents per token, AuxK, unit-norm decoder."""
+
     architecture = "topk"
-    kernels = "auto"  # "dense", "sparse" or "auto", as MatryoshkaBatchTopKSAE
-    sync_free_auxk: bool | None = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return per_token_top_k(self.pre_activations(x), self.config.k)
@@ -91,17 +90,11 @@ class TopKSAE(UnitNormSAE):
         acts = ActiveLatents(rows, cols, values.detach(), (batch, self.d_sae))
         with torch.no_grad():
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, cols[values > 0], True)
-            self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
-            dead = (self.tokens_since_fired >= self.config.dead_after_tokens).sum()
-        auxk = self._sparse_auxk_loss(x_centered, pre, residual)
+            self.record_firing(fired, batch)
+            dead = self.n_dead()
+        auxk = self.sparse_auxk_loss(x_centered, pre, residual)
         stats = {"mse": mse[0].detach(), "auxk": auxk.detach(), "l0": (values > 0).sum() / batch, "dead": dead}
         return StepOutput(mse[0] + self.config.auxk_alpha * auxk, acts, residual, stats)
-
-    # The BatchTopK SAE's AuxK (dense and sparse) and kernel choice: they read tokens_since_fired,
-    # config.k, config.auxk_k, config.dead_after_tokens and the weights.
-    auxk_loss = MatryoshkaBatchTopKSAE.auxk_loss
-    _sparse_auxk_loss = MatryoshkaBatchTopKSAE._sparse_auxk_loss
-    uses_sparse_kernels = MatryoshkaBatchTopKSAE.uses_sparse_kernels
 
     def saelens_config(self) -> dict[str, Any]:
         """cfg.json fields SAELens needs to run this SAE: its k (newer versions read ``k``,

@@ -7,6 +7,7 @@ Layout (the SAELens and SAEBench convention):
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import torch
@@ -103,6 +104,10 @@ class SparseAutoencoder(nn.Module):
         """This SAE's own config, enough to rebuild it with :func:`msae.io.load_sae`."""
         raise NotImplementedError
 
+    def import_tensors(self, tensors: dict[str, torch.Tensor], where: Any = "weights") -> None:
+        """Load the tensors :meth:`export_tensors` wrote (used by :func:`msae.io.load_sae`)."""
+        load_named_tensors(self, tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], where)
+
 
 def init_tied_unit_norm(sae: SparseAutoencoder, seed: int) -> torch.Generator:
     """The paper's init: Kaiming-uniform decoder rows scaled to unit norm and ``W_enc = W_dec.T``,
@@ -185,3 +190,69 @@ class InferenceSAE(SparseAutoencoder):
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "architecture": self.architecture,
         }
+
+
+class DeadLatentCounter:
+    """Mixin for an SAE module: counts, per latent, the tokens since it last fired. A latent
+    silent for ``config.dead_after_tokens`` tokens is dead (AuxK trains those; the training
+    statistics report how many). Call :meth:`add_dead_latent_counter` in ``__init__``."""
+
+    def add_dead_latent_counter(self, d_sae: int) -> None:
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    @torch.no_grad()
+    def record_firing(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """``fired`` (d_sae,) bool: which latents fired at least once in a batch of ``n_tokens``."""
+        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + n_tokens))
+
+    @torch.no_grad()
+    def count_firing(self, acts: torch.Tensor) -> torch.Tensor:
+        """:meth:`record_firing` from a batch's (B, d_sae) codes; returns the number of dead latents."""
+        self.record_firing(acts.amax(0) > 0, acts.shape[0])  # (d_sae,), no (B, d_sae) temporary
+        return self.n_dead()
+
+    def dead_latents(self) -> torch.Tensor:
+        """(d_sae,) bool: the latents silent for ``dead_after_tokens`` tokens or more."""
+        return self.tokens_since_fired >= self.config.dead_after_tokens
+
+    def n_dead(self) -> torch.Tensor:
+        """The number of dead latents, as a 0-dim tensor (no host sync)."""
+        return self.dead_latents().sum()
+
+
+class UnitNormSAE(DeadLatentCounter, SparseAutoencoder):
+    """Base of the SAEs whose decoder rows stay at unit norm (Matryoshka and BatchTopK, TopK,
+    Gated, JumpReLU, P-annealing). The paper's init: Kaiming-uniform decoder rows scaled to unit
+    norm, ``W_enc = W_dec.T``, ``b_enc = 0``, ``b_dec`` = geometric median of the first batch.
+    During training each row's gradient loses its norm-changing part, and rows are renormalised
+    after every step. ``config`` needs ``d_in``, ``d_sae``, ``seed`` and ``dead_after_tokens``."""
+
+    def __init__(self, config: Any):
+        super().__init__(config.d_in, config.d_sae)
+        self.config = config
+        # the generator that drew the init; its stream continues (Matryoshka samples prefixes from it)
+        self.init_generator = init_tied_unit_norm(self, config.seed)
+        self.add_dead_latent_counter(config.d_sae)
+
+    def initialize_from_batch(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.b_dec.copy_(geometric_median(x))
+
+    @torch.no_grad()  # W_dec requires grad: without this the gradients would chain step to step
+    def before_optimizer_step(self) -> None:
+        """Remove the part of each decoder row's gradient that would change its norm."""
+        W, grad = self.W_dec, self.W_dec.grad
+        if grad is not None:
+            grad.sub_((grad * W).sum(1, keepdim=True) * W)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put every decoder row back at unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+
+    def export_config(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **asdict(self.config)}
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor], where: Any = "weights") -> None:
+        """Load the tensors :meth:`export_tensors` wrote (used by ``msae.io.load_sae``)."""
+        load_named_tensors(self, tensors, list(self.export_tensors()), where)

@@ -17,19 +17,15 @@ faster when k is small against d_sae. ``kernels="auto"`` picks by size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .autoencoder import SparseAutoencoder, StepOutput, check_dimensions, geometric_median, init_tied_unit_norm
-from .prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
-from .sparse import (
-    batch_top_k,
-    batch_top_k_active,
-    selected_pre_activations,
-    sparse_decode_error,
-)
+from .auxk import AuxKMixin
+from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
+from ..kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
+from ..kernels.sparse import batch_top_k, batch_top_k_active, selected_pre_activations
 from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
 
 
@@ -78,22 +74,21 @@ class MatryoshkaConfig:
         return prefix_ends(self.group_sizes)
 
 
-class MatryoshkaBatchTopKSAE(SparseAutoencoder):
+class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
+    """The Matryoshka BatchTopK SAE of the module docstring; with one group, plain BatchTopK.
+
+    ``training_step`` computes the loss (dense or sparse kernels, same result), ``encode`` the
+    inference code with the learned global threshold. Saved by ``msae.save_sae`` as the SAELens
+    JumpReLU SAE it is at inference."""
+
     architecture = "jumprelu"  # how SAELens runs it: ReLU then one threshold
-    # "dense", "sparse" or "auto". Not part of the config: it changes speed, not results.
-    kernels = "auto"
-    # The sparse AuxK selection without a host sync; None: on accelerators only (see below).
-    sync_free_auxk: bool | None = None
 
     def __init__(self, config: MatryoshkaConfig):
-        super().__init__(config.d_in, config.d_sae)
-        self.config = config
-        # the init's generator continues the same stream for random prefixes
-        self.prefix_generator = init_tied_unit_norm(self, config.seed)
+        super().__init__(config)
+        self.prefix_generator = self.init_generator  # random prefixes continue the init's stream
         weights = group_weights(config.group_weighting, config.group_sizes)
         self.register_buffer("group_weights", torch.tensor(weights))
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
-        self.register_buffer("tokens_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
 
     # --- inference -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, use_threshold: bool = True) -> torch.Tensor:
@@ -117,16 +112,6 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
             return ends, self.group_weights.new_full((len(ends),), 1.0 / len(ends))
         return cfg.prefix_ends, self.group_weights
 
-    def uses_sparse_kernels(self) -> bool:
-        """Whether training steps run on the active entries only. The sparse step's cost is
-        ~k*d_in per token against ~d_sae*d_in for the dense one, with a larger constant and
-        fixed costs that dominate at toy sizes; measured by ``benchmarks/``."""
-        if self.kernels not in ("auto", "dense", "sparse"):
-            raise ValueError(f"kernels must be 'auto', 'dense' or 'sparse', got {self.kernels!r}")
-        if self.kernels != "auto":
-            return self.kernels == "sparse"
-        return self.d_sae >= 512 and self.config.k * 16 <= self.d_sae
-
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         if self.uses_sparse_kernels():
             return self._sparse_training_step(x, step)
@@ -137,7 +122,7 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         prefix_mse, residual = cumulative_prefix_mse(acts, self.W_dec, self.b_dec, x, ends, cfg.stop_gradient)
         reconstruction = (weights * prefix_mse).mean()  # the paper code: sum_i MSE_i / G^2
         with torch.no_grad():
-            self._count_firing((acts > 0).any(0), x.shape[0])
+            self.record_firing((acts > 0).any(0), x.shape[0])
             if step >= cfg.threshold_start_step:
                 self._update_threshold(acts)
         auxk = self.auxk_loss(pre, residual)
@@ -163,10 +148,10 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         with torch.no_grad():
             positive = active.values > 0
             times_fired = torch.zeros(self.d_sae, dtype=torch.int32, device=x.device)
-            self._count_firing(times_fired.index_add_(0, active.cols, positive.int()) > 0, batch)
+            self.record_firing(times_fired.index_add_(0, active.cols, positive.int()) > 0, batch)
             if step >= cfg.threshold_start_step:
                 self._update_threshold(active.values)
-        auxk = self._sparse_auxk_loss(x_centered, pre, residual)
+        auxk = self.sparse_auxk_loss(x_centered, pre, residual)
         acts = active._replace(values=values.detach())
         return self._step_output(reconstruction, auxk, prefix_mse, acts, residual, positive.sum(), batch)
 
@@ -176,12 +161,9 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
             "mse": prefix_mse[-1].detach(),
             "auxk": auxk.detach(),
             "l0": n_active / batch,
-            "dead": (self.tokens_since_fired >= self.config.dead_after_tokens).sum(),
+            "dead": self.n_dead(),
         }
         return StepOutput(loss, acts, residual, stats)
-
-    def _count_firing(self, fired: torch.Tensor, batch: int) -> None:
-        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + batch))
 
     def _update_threshold(self, kept: torch.Tensor) -> None:
         """EMA of the smallest positive activation the batch top-k kept (computed on the
@@ -190,60 +172,6 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         smallest = torch.where(torch.isinf(smallest), 0.0, smallest)
         beta = self.config.threshold_beta
         self.threshold.copy_(torch.where(self.threshold < 0, smallest, beta * self.threshold + (1 - beta) * smallest))
-
-    def auxk_loss(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Let dead latents explain the residual: top ``auxk_k`` dead pre-activations per token,
-        decoded without bias, squared error normalised by the residual's variance."""
-        dead = self.tokens_since_fired >= self.config.dead_after_tokens
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return pre.new_zeros(())
-        top = torch.where(dead, pre, -torch.inf).topk(min(self.config.auxk_k, n_dead), dim=-1, sorted=False)
-        aux_acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-        return _relative_to_variance((residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean(), residual)
-
-    def _sparse_auxk_loss(self, x_centered, pre, residual) -> torch.Tensor:
-        """:meth:`auxk_loss` on the selected dead entries only (same value and gradients);
-        ``pre`` is before its ReLU."""
-        dead = self.tokens_since_fired >= self.config.dead_after_tokens
-        per_row = min(self.config.auxk_k, self.d_sae)
-        sync_free = pre.device.type != "cpu" if self.sync_free_auxk is None else self.sync_free_auxk
-        if not sync_free:
-            # A host sync costs nothing here, and gathering the dead columns first makes the
-            # per-row top-k much cheaper than one over all d_sae columns.
-            n_dead = int(dead.sum())
-            if n_dead == 0:
-                return pre.new_zeros(())
-            dead_latents = dead.nonzero().squeeze(1)
-            top = pre[:, dead_latents].topk(min(per_row, n_dead), dim=-1, sorted=False)
-            cols, values, any_dead = dead_latents[top.indices], top.values.clamp_min(0.0), None
-        else:
-            # No sync on an accelerator: a fixed number per row; live latents come out as -inf
-            # and become zeros, which add nothing to the loss or its gradients.
-            top = torch.where(dead, pre, -torch.inf).topk(per_row, dim=-1, sorted=False)
-            cols, values, any_dead = top.indices, top.values.clamp_min(0.0), dead.any()
-        cols, position = cols.sort(dim=-1)  # increasing within each row
-        batch, per_row = cols.shape
-        rows = torch.arange(batch, device=pre.device).repeat_interleave(per_row)
-        cols, values = cols.flatten(), values.gather(1, position).flatten().to(self.W_dec.dtype)
-        values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, rows, cols, values)
-        loss = _relative_to_variance(sparse_decode_error(rows, cols, values, self.W_dec, residual), residual)
-        return loss if any_dead is None else torch.where(any_dead, loss, 0.0)
-
-    def initialize_from_batch(self, x: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.b_dec.copy_(geometric_median(x))
-
-    @torch.no_grad()  # W_dec requires grad: without this the gradients would chain step to step
-    def before_optimizer_step(self) -> None:
-        """Remove the part of each decoder row's gradient that would change its norm."""
-        W, grad = self.W_dec, self.W_dec.grad
-        if grad is not None:
-            grad.sub_((grad * W).sum(1, keepdim=True) * W)
-
-    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        with torch.no_grad():
-            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
 
     # --- state and export ------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -257,18 +185,19 @@ class MatryoshkaBatchTopKSAE(SparseAutoencoder):
         super().fold_input_scale(scale)
         self.threshold.copy_(torch.where(self.threshold < 0, self.threshold, self.threshold / scale))
 
+    def import_tensors(self, tensors: dict[str, torch.Tensor], where: Any = "weights") -> None:
+        load_named_tensors(self, tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], where)
+        threshold = tensors.get("threshold")
+        if threshold is None or threshold.shape != (self.d_sae,):
+            raise ValueError(f"{where}: a Matryoshka BatchTopK SAE needs a 'threshold' of shape ({self.d_sae},)")
+        if not torch.all(threshold == threshold[0]):
+            raise ValueError(f"{where}: a Matryoshka BatchTopK SAE has one global threshold, found several")
+        with torch.no_grad():
+            self.threshold.fill_(float(threshold[0]))
+
     def export_tensors(self) -> dict[str, torch.Tensor]:
         if bool((self.threshold < 0).any()):
             raise RuntimeError("cannot export an SAE whose inference threshold has not been estimated yet")
         tensors = super().export_tensors()
         tensors["threshold"] = self.threshold.expand(self.d_sae).clone()  # SAELens: one per latent
         return tensors
-
-    def export_config(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, **asdict(self.config)}
-
-
-def _relative_to_variance(error: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """AuxK's squared error divided by the residual's variance (0 where that is 0)."""
-    variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
-    return (error / variance).nan_to_num(0.0)

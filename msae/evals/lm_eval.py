@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .activations import CorpusConfig, iter_contexts, iter_documents, keep_mask
-from .lm import check_hook_name
+from ..data.activations import CorpusConfig, iter_contexts, iter_documents, keep_mask
+from ..data.models import check_hook_name
 
 
 @dataclass

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from . import absorption, autointerp, concepts, meta_sae, probe_tasks, story_activations
-from .checkpoint import write_json
-from .io import load_sae
+from ..evals import absorption, autointerp, concepts, meta_sae, probe_tasks
+from ..data import story_activations
+from ..files import write_json
+from ..io import load_sae
 
 METRICS = ("absorption", "probing", "meta_sae", "concepts", "autointerp")
 MIN_FIRES = 5  # a latent needs this many firing tokens for its concept F1 to count
@@ -77,7 +78,7 @@ def open_evaluator(profile: str, corpus: str | None, runs_dir: str | Path, cache
                    judge: autointerp.JudgeConfig | None = None, studies=(), study_config=None):
     """What every evaluation notebook starts with: the profile's sweep (run or reused, with any
     ``studies``) and an evaluator over its SAEs. Returns ``(results, evaluator)``."""
-    from .activations import corpus_from_spec
+    from ..data.activations import corpus_from_spec
     from .sweep import run_sweep, sweep_config
 
     config = sweep_config(profile, corpus=corpus_from_spec(corpus))
