@@ -16,7 +16,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,13 +28,14 @@ SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_MODELS = {"gemma-2-2b": "google/gemma-2-2b"}
 KNOWN_MODELS = (SMOLLM2, *HUB_MODELS)
+ModelName = Literal["smollm2-135m-instruct", "gemma-2-2b"]  # KNOWN_MODELS (a test checks they agree)
 
 
 class ModelUnavailableError(RuntimeError):
     """The model cannot be loaded here: a missing package or file, or no hub access."""
 
 
-def load_model(name: str, cache_dir: str | Path, device: str = "cpu"):
+def load_model(name: ModelName, cache_dir: str | Path, device: str = "cpu"):
     """A HookedTransformer by name (one of ``KNOWN_MODELS``), on ``device``."""
     if name == SMOLLM2:
         return load_smollm2(cache_dir, device)

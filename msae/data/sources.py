@@ -14,6 +14,11 @@ import torch
 
 
 class DataSource(Protocol):
+    """What :func:`msae.training.loop.train` reads batches from: ``next_batch`` gives the next
+    (B, d_in) batch; ``state_dict`` / ``load_state_dict`` save and restore the position (so a
+    resumed run sees the same batches); ``describe`` says what the data are (saved with the run
+    and compared on resume)."""
+
     def next_batch(self) -> torch.Tensor: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...

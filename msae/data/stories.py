@@ -21,7 +21,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from . import story_vocab as V
 
@@ -30,6 +30,17 @@ _FIELD = re.compile(r"\{(\w+)\}")
 
 @dataclass
 class Story:
+    """One generated story with its labels.
+
+    Attributes:
+        text: the story.
+        labels: what was drawn for it: ``gender``, ``name``, ``profession``, ``friend_gender``,
+            ``friend_name``, ``animal_class``, ``animal``, ``place_kind``, ``place``, ``colour``,
+            ``object`` and ``sentiment`` ("happy" or "sad").
+        spans: (start, end, tags) for every labelled word: its character span in ``text`` and
+            its concept tags (see the module docstring), sorted by start.
+    """
+
     text: str
     labels: dict[str, Any]
     spans: list[tuple[int, int, tuple[str, ...]]] = field(default_factory=list)
@@ -106,7 +117,8 @@ class StoryGenerator:
     def __init__(self, seed: int = 0):
         self.rng = random.Random(seed)
 
-    def character(self, gender: str | None = None) -> dict[str, str]:
+    def character(self, gender: Literal["female", "male"] | None = None) -> dict[str, str]:
+        """A character of ``gender`` (None: drawn): gender, name, role noun and profession."""
         rng = self.rng
         gender = gender or rng.choice(["female", "male"])
         names = V.FEMALE_NAMES if gender == "female" else V.MALE_NAMES

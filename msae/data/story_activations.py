@@ -40,11 +40,26 @@ Span = tuple[int, int, Sequence[str]]  # (start_char, end_char, tags)
 
 @dataclass
 class TextActivations:
-    tokens: torch.Tensor  # (N, ctx) long, right-padded
-    mask: torch.Tensor  # (N, ctx) bool: the tokens that count
-    resid: torch.Tensor  # (N, ctx, d_model), zero outside mask (float16 to save memory)
+    """N texts, one per row, with their residual-stream activations and concept tags (see the
+    module docstring). ``save`` and ``load`` write and read one file.
+
+    Attributes:
+        tokens: (N, ctx) long token ids, right-padded.
+        mask: (N, ctx) bool, the tokens that count.
+        resid: (N, ctx, d_model) activations at the hook point, zero outside ``mask``
+            (float16 to save memory).
+        concepts: the concept tags, in the order of ``token_concepts``' last axis.
+        token_concepts: (N, ctx, n_concepts) bool, which concepts cover each token.
+        labels: one dict per text (for a story, :attr:`msae.data.stories.Story.labels`).
+        texts: the texts.
+        hook_name: the hook point ``resid`` was read at.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    resid: torch.Tensor
     concepts: list[str]
-    token_concepts: torch.Tensor  # (N, ctx, n_concepts) bool
+    token_concepts: torch.Tensor
     labels: list[dict[str, Any]]
     texts: list[str]
     hook_name: str = ""

@@ -29,6 +29,17 @@ _NODE_KEYS = {"active_prob", "children", "mutually_exclusive_children", "is_read
 
 @dataclass
 class FeatureNode:
+    """One node of a feature tree (the module docstring's JSON layout, :meth:`from_dict`).
+
+    Attributes:
+        active_prob: the chance the node fires when its parent does, in [0, 1]; for a child of
+            ``mutually_exclusive_children``, the chance this child is the one picked.
+        children: the nodes that can fire only when this one does.
+        mutually_exclusive_children: at most one child fires at a time.
+        is_read_out: the node is a feature with a direction of its own; False: structure only.
+        name: the feature's name (:attr:`FeatureTree.feature_names`); None: "feature <index>".
+    """
+
     active_prob: float
     children: list[FeatureNode] = field(default_factory=list)
     mutually_exclusive_children: bool = False

@@ -49,11 +49,17 @@ _ASCII_LETTERS = frozenset(LETTERS + LETTERS.upper())
 
 @dataclass
 class LetterWords:
-    """Words (as the tokenizer spells them, e.g. " cat"), their first letter and their split."""
+    """Words (as the tokenizer spells them, e.g. " cat"), their first letter and their split.
+
+    Attributes:
+        words: the n words, each a non-empty string.
+        letters: (n,) long, 0..25: the index of each word's first letter in ``LETTERS``.
+        is_train: (n,) bool, True for the train split.
+    """
 
     words: list[str]
-    letters: torch.Tensor  # (n,) long, 0..25: index of the word's first letter in LETTERS
-    is_train: torch.Tensor  # (n,) bool
+    letters: torch.Tensor
+    is_train: torch.Tensor
 
     def __post_init__(self):
         self.letters = torch.as_tensor(self.letters, dtype=torch.long)
@@ -192,10 +198,19 @@ def letter_activations(
 
 @dataclass
 class LetterDataset:
-    """The words and their activations: computed once per model and hook, reused per SAE."""
+    """The words and their activations: computed once per model and hook, reused per SAE.
+
+    Attributes:
+        words: the words, their letters and split.
+        activations: (n, d_model) float32, the activation at each word's (last) token in its prompt.
+        hook_name: the hook point they were read at.
+        model_name: the model they come from.
+        n_icl_examples: answered examples before the word in each prompt.
+        seed: seed of the train/test split and of the examples' choice.
+    """
 
     words: LetterWords
-    activations: torch.Tensor  # (n, d_model) float32
+    activations: torch.Tensor
     hook_name: str = ""
     model_name: str = ""
     n_icl_examples: int = 10
@@ -285,11 +300,17 @@ def _pos_weight(targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LetterProbes:
-    """One-vs-rest logistic probes on model activations: ``logits = x @ weight.T + bias``."""
+    """One-vs-rest logistic probes on model activations: ``logits = x @ weight.T + bias``.
 
-    weight: torch.Tensor  # (26, d_model)
-    bias: torch.Tensor  # (26,)
-    test_f1: torch.Tensor  # (26,) F1 on the test split (logit > 0)
+    Attributes:
+        weight: (26, d_model), one row per letter.
+        bias: (26,).
+        test_f1: (26,) each probe's F1 on the test split (predicting the letter where logit > 0).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    test_f1: torch.Tensor
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_model) -> (n, 26)."""
@@ -502,19 +523,39 @@ def fit_sparse_probes(x: torch.Tensor, targets: torch.Tensor, C: float = 1.0, n_
 
 @dataclass
 class AbsorptionConfig:
-    """SAEBench's absorption settings (its names in comments)."""
+    """SAEBench's absorption settings (its names in brackets).
 
-    max_k: int = 10  # max_k_value
-    f1_jump_threshold: float = 0.03  # f1_jump_threshold
-    l1: float = 0.01  # k_sparse_probe_l1_decay
-    l1_iterations: int = 300  # FISTA iterations per working set
-    absorber_min_cos: float = 0.1  # absorption_fraction_probe_cos_sim_threshold
-    max_absorbers: int = 3  # absorption_fraction_max_absorbing_latents
-    min_projection_share: float = 0.4  # probe_projection_proportion_threshold
-    full_absorption_min_cos: float = 0.025  # full_absorption_probe_cos_sim_threshold
-    min_probe_f1: float = 0.6  # min_GT_probe_f1
-    min_letters: int = 20  # min_feats_for_eval
-    chunk_size: int = 1024  # words per encode / absorption chunk (memory only)
+    Attributes:
+        max_k: the most main latents a letter can have [max_k_value].
+        f1_jump_threshold: k grows while the k-sparse probe's test F1 rises by more than this
+            [f1_jump_threshold].
+        l1: L1 penalty of the probe that ranks the latents [k_sparse_probe_l1_decay].
+        l1_iterations: FISTA iterations per working set of that probe.
+        absorber_min_cos: the least cosine with the probe direction of an absorbing latent
+            [absorption_fraction_probe_cos_sim_threshold].
+        max_absorbers: the most absorbing latents counted per word
+            [absorption_fraction_max_absorbing_latents].
+        min_projection_share: the share of the probe projection the absorbers must carry for
+            a non-zero absorption fraction [probe_projection_proportion_threshold].
+        full_absorption_min_cos: the least cosine with the probe direction of the latent that
+            fully absorbs [full_absorption_probe_cos_sim_threshold].
+        min_probe_f1: a letter's probe counts towards ``min_letters`` above this test F1
+            [min_GT_probe_f1].
+        min_letters: ``enough_letters`` needs this many such letters [min_feats_for_eval].
+        chunk_size: words per encode and absorption chunk (memory only).
+    """
+
+    max_k: int = 10
+    f1_jump_threshold: float = 0.03
+    l1: float = 0.01
+    l1_iterations: int = 300
+    absorber_min_cos: float = 0.1
+    max_absorbers: int = 3
+    min_projection_share: float = 0.4
+    full_absorption_min_cos: float = 0.025
+    min_probe_f1: float = 0.6
+    min_letters: int = 20
+    chunk_size: int = 1024
 
 
 def absorption_fractions(

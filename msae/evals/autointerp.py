@@ -45,27 +45,51 @@ Messages = list[dict[str, str]]
 
 @dataclass
 class JudgeConfig:
-    """Where the judge is and how examples are drawn (defaults: SAEBench's autointerp)."""
+    """Where the judge is and how examples are drawn (defaults: SAEBench's autointerp).
 
-    base_url: str = ""  # e.g. "https://api.openai.com/v1" or "http://localhost:8000/v1"
-    model: str = ""  # e.g. "gpt-4o-mini", SAEBench's judge
-    api_key: str = field(default="", repr=False)  # empty: read from the api_key_env variable
+    Attributes:
+        base_url: the chat-completions API's base URL, e.g. "https://api.openai.com/v1" or
+            "http://localhost:8000/v1"; empty: no judge configured.
+        model: the judge model, e.g. "gpt-4o-mini" (SAEBench's judge); empty: no judge configured.
+        api_key: the API key (not shown in the repr); empty: read from ``api_key_env``.
+        api_key_env: the environment variable holding the key when ``api_key`` is empty.
+        max_latents: latents scored (a seeded sample of the alive ones); >= 1.
+        window_buffer: tokens on each side of a window's centre; >= 0.
+        act_threshold_fraction: a token is marked (and its window active) above this fraction
+            of the latent's largest activation, in [0, 1).
+        n_top_for_explanation: top-activating windows shown to write the explanation; >= 1.
+        n_weighted_for_explanation: importance-weighted windows shown to write it.
+        n_top_for_scoring: held-out top windows in the scoring set.
+        n_weighted_for_scoring: held-out importance-weighted windows in the scoring set.
+        n_random_for_scoring: uniformly random windows in the scoring set; >= 1.
+        use_demos: show example explanations in the explanation prompt.
+        max_tokens_explanation: the most tokens the judge may write for an explanation.
+        temperature: the judge's sampling temperature.
+        timeout_s: seconds to wait for one API answer.
+        max_retries: retries of a call on HTTP 429/5xx and connection errors.
+        retry_backoff_s: seconds before the first retry, doubled after each one.
+        workers: latents judged in parallel; >= 1.
+    """
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = field(default="", repr=False)
     api_key_env: str = "OPENAI_API_KEY"
-    max_latents: int = 100  # latents scored (a seeded sample of the alive ones)
-    window_buffer: int = 10  # tokens on each side of a window's centre
-    act_threshold_fraction: float = 0.01  # a token is marked/active above this times the max
+    max_latents: int = 100
+    window_buffer: int = 10
+    act_threshold_fraction: float = 0.01
     n_top_for_explanation: int = 10
     n_weighted_for_explanation: int = 5
     n_top_for_scoring: int = 2
     n_weighted_for_scoring: int = 2
     n_random_for_scoring: int = 10
-    use_demos: bool = True  # example explanations in the explanation prompt
+    use_demos: bool = True
     max_tokens_explanation: int = 30
     temperature: float = 0.0
     timeout_s: float = 60.0
-    max_retries: int = 3  # on HTTP 429/5xx and connection errors
-    retry_backoff_s: float = 1.0  # doubled after each retry
-    workers: int = 4  # latents judged in parallel
+    max_retries: int = 3
+    retry_backoff_s: float = 1.0
+    workers: int = 4
 
     def __post_init__(self):
         for name in ("max_latents", "window_buffer", "n_top_for_explanation", "n_random_for_scoring", "workers"):
@@ -104,11 +128,17 @@ class JudgeError(RuntimeError):
 
 @dataclass
 class Example:
-    """One window of text with a latent's activation on each token."""
+    """One window of text with a latent's activation on each token.
+
+    Attributes:
+        tokens: the window's tokens, as text.
+        acts: the latent's activation on each token.
+        threshold: tokens whose activation is above this are marked and make the window active.
+    """
 
     tokens: list[str]
     acts: list[float]
-    threshold: float  # tokens with activation above this are marked / make the window active
+    threshold: float
 
     @property
     def active_tokens(self) -> list[bool]:

@@ -81,8 +81,16 @@ class ConceptCounts:
 
 
 class BestConcept(NamedTuple):
-    f1: torch.Tensor  # (d_sae,) float64, the best F1 of each latent over the concepts
-    concept: torch.Tensor  # (d_sae,) long, the concept reaching it (lowest index on ties); -1 if F1 is 0
+    """Each latent's best concept (:func:`concept_f1`).
+
+    Attributes:
+        f1: (d_sae,) float64, the best F1 of each latent over the concepts.
+        concept: (d_sae,) long, the concept reaching it (the lowest index on ties); -1 where
+            that F1 is 0.
+    """
+
+    f1: torch.Tensor
+    concept: torch.Tensor
 
 
 def concept_f1(acts: torch.Tensor, concepts: torch.Tensor, threshold: float = 0.0) -> BestConcept:
@@ -129,10 +137,19 @@ def interpretability_summary(best_f1: torch.Tensor, alive_mask: torch.Tensor, cu
 
 
 class GeneralLatent(NamedTuple):
+    """The latent that best matches a general concept (:func:`general_latent`).
+
+    Attributes:
+        latent: its index.
+        f1: its F1 against the concept.
+        precision: of the tokens it fires on, the fraction in the concept.
+        recall: of the concept's tokens, the fraction it fires on.
+    """
+
     latent: int
     f1: float
-    precision: float  # of the tokens it fires on, the fraction in the concept
-    recall: float  # of the concept's tokens, the fraction it fires on
+    precision: float
+    recall: float
 
 
 def general_latent(acts: torch.Tensor, concept_mask: torch.Tensor, threshold: float = 0.0) -> GeneralLatent:
@@ -157,9 +174,18 @@ def holes(acts: torch.Tensor, latent: int, concept_mask: torch.Tensor, threshold
 
 
 class AbsorbingLatents(NamedTuple):
-    latents: torch.Tensor  # (m,) long, most holes covered first (lower index on ties)
-    holes_covered: torch.Tensor  # (m,) long, how many of the holes each fires on
-    fraction_of_holes: torch.Tensor  # (m,) float64, holes_covered / number of holes
+    """The latents that fire in a latent's holes (:func:`absorbing_latents`).
+
+    Attributes:
+        latents: (m,) long, most holes covered first (the lower index on ties).
+        holes_covered: (m,) long, how many of the holes each fires on.
+        fraction_of_holes: (m,) float64, ``holes_covered / n_holes``.
+        n_holes: the concept's tokens where the general latent is silent.
+    """
+
+    latents: torch.Tensor
+    holes_covered: torch.Tensor
+    fraction_of_holes: torch.Tensor
     n_holes: int
 
 

@@ -26,10 +26,23 @@ from ..data.models import check_hook_name
 
 @dataclass
 class EvalSet:
-    tokens: torch.Tensor  # (N, ctx) long
-    keep: torch.Tensor  # (N, ctx) bool: positions that are replaced and scored
-    resid: torch.Tensor  # (N, ctx, d_model) the clean residual stream at the hook
-    layer: int  # the hook's block
+    """Held-out contexts and their clean activations, built once by :func:`build_eval_set`.
+
+    Attributes:
+        tokens: (N, ctx) long token ids.
+        keep: (N, ctx) bool, the positions that are replaced and scored.
+        resid: (N, ctx, d_model) the clean residual stream at the hook.
+        layer: the hook's block; the model reruns from the next one.
+        hook_name: the hook point, e.g. "blocks.12.hook_resid_post".
+        ce_clean: the clean model's mean next-token cross-entropy (nats) of the predictions
+            made at kept positions.
+        ce_zero: the same with the hook's activations at kept positions set to zero.
+    """
+
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    resid: torch.Tensor
+    layer: int
     hook_name: str
     ce_clean: float
     ce_zero: float

@@ -42,10 +42,15 @@ def decoder_cosines(W_dec: torch.Tensor, directions: torch.Tensor) -> torch.Tens
 
 
 class Matching(NamedTuple):
-    """Latent ``latent_of_feature[j]`` is the one matched to true feature ``j``."""
+    """Latent ``latent_of_feature[j]`` is the one matched to true feature ``j``.
 
-    latent_of_feature: torch.Tensor  # (n_features,) long
-    similarity: torch.Tensor  # (d_sae, n_features) the activation similarity matched on
+    Attributes:
+        latent_of_feature: (n_features,) long, the latent matched to each feature.
+        similarity: (d_sae, n_features) the activation similarity matched on.
+    """
+
+    latent_of_feature: torch.Tensor
+    similarity: torch.Tensor
 
 
 def match_latents(latent_acts: torch.Tensor, true_acts: torch.Tensor) -> Matching:

@@ -37,8 +37,15 @@ GROUP_OF_PROFESSION = {p: group for group, professions in PROFESSION_GROUPS.item
 
 @dataclass
 class Labelled:
-    rows: torch.Tensor  # (n,) long: rows of the suite's texts
-    labels: torch.Tensor  # (n,) long: class ids
+    """Rows of a suite's texts with a class id each.
+
+    Attributes:
+        rows: (n,) long, rows of the suite's texts.
+        labels: (n,) long, their class ids.
+    """
+
+    rows: torch.Tensor
+    labels: torch.Tensor
 
     def __post_init__(self):
         if self.rows.shape != self.labels.shape or self.rows.ndim != 1:
@@ -48,31 +55,64 @@ class Labelled:
 
 @dataclass
 class ProbeTask:
+    """A binary (sparse probing) or multi-class (TPP) task.
+
+    Attributes:
+        name: the task's name.
+        classes: the name of each class id; (negative, positive) for a binary task.
+        train: the training rows and labels.
+        test: the test rows and labels (no text in ``train``).
+    """
+
     name: str
-    classes: tuple[str, ...]  # class id -> name; (negative, positive) for a binary task
+    classes: tuple[str, ...]
     train: Labelled
     test: Labelled
 
 
 @dataclass
 class SpuriousCorrelationTask:
+    """An SCR task: a target attribute and a spurious one that agree on the biased set.
+
+    Attributes:
+        name: the task's name.
+        target_classes: the names of target labels 0 and 1.
+        spurious_classes: the names of spurious labels 0 and 1.
+        biased_train: labelled 1 for (target 1, spurious 1), 0 for (target 0, spurious 0).
+        target_train: balanced over the four combinations, labelled by the target.
+        spurious_train: the same rows, labelled by the spurious attribute.
+        target_test: test rows balanced over the four combinations, labelled by the target.
+        spurious_test: the same rows, labelled by the spurious attribute.
+    """
+
     name: str
-    target_classes: tuple[str, str]  # names of target labels 0 and 1
-    spurious_classes: tuple[str, str]  # names of spurious labels 0 and 1
-    biased_train: Labelled  # 1: (target 1, spurious 1), 0: (target 0, spurious 0)
-    target_train: Labelled  # balanced over the four combinations, labelled by the target
-    spurious_train: Labelled  # the same rows, labelled by the spurious attribute
+    target_classes: tuple[str, str]
+    spurious_classes: tuple[str, str]
+    biased_train: Labelled
+    target_train: Labelled
+    spurious_train: Labelled
     target_test: Labelled
     spurious_test: Labelled
 
 
 @dataclass
 class TaskSuite:
-    labels: list[dict[str, Any]]  # per text
+    """Every task of one set of texts; the tasks' rows index ``labels`` (and ``texts``).
+
+    Attributes:
+        labels: one dict of labels per text.
+        probing: the binary sparse-probing tasks.
+        scr: the spurious-correlation (SCR) tasks.
+        tpp: the multi-class targeted-probe-perturbation (TPP) tasks.
+        texts: the texts to run the model on, when the suite chose them (Hugging Face
+            datasets); None: the caller's texts (stories).
+    """
+
+    labels: list[dict[str, Any]]
     probing: list[ProbeTask] = field(default_factory=list)
     scr: list[SpuriousCorrelationTask] = field(default_factory=list)
     tpp: list[ProbeTask] = field(default_factory=list)
-    texts: list[str] | None = None  # the texts to run the model on, when the suite chose them
+    texts: list[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """Task names and sizes, for printing."""
@@ -163,7 +203,14 @@ def spurious_correlation_task(
 
 @dataclass(frozen=True)
 class LabelContrast:
-    """Label ``key`` in ``negative`` values -> 0, in ``positive`` values -> 1, else not in the task."""
+    """Label ``key`` in ``negative`` values -> 0, in ``positive`` values -> 1, else not in the task.
+
+    Attributes:
+        name: the task's name.
+        key: the story label it reads, e.g. "gender".
+        negative: the label values of class 0.
+        positive: the label values of class 1.
+    """
 
     name: str
     key: str
@@ -251,16 +298,31 @@ def story_tasks(
 
 @dataclass(frozen=True)
 class HFTextSource:
-    """A text classification dataset the way SAEBench reads it."""
+    """A text classification dataset the way SAEBench reads it.
 
-    name: str  # SAEBench's name for it (task names start with it)
-    path: str  # what datasets.load_dataset loads
+    Attributes:
+        name: SAEBench's name for it (task names start with it).
+        path: what ``datasets.load_dataset`` loads.
+        text_column: the column holding the text.
+        class_column: the column holding the class.
+        classes: the class values SAEBench probes (its "chosen classes").
+        balance_column: each class is balanced over this column's values (SAEBench's
+            column2); for SCR, the spurious attribute. None: no balancing, no SCR.
+        spurious_values: (value labelled 1, value labelled 0) of ``balance_column``, for SCR;
+            None: no SCR.
+        class_names: class value -> readable name; None: the values themselves.
+        train_split: the dataset split training rows come from.
+        test_split: the dataset split test rows come from.
+    """
+
+    name: str
+    path: str
     text_column: str
     class_column: str
-    classes: tuple  # the class values SAEBench probes (its "chosen classes")
-    balance_column: str | None = None  # each class is balanced over this column's values (SAEBench's column2)
-    spurious_values: tuple | None = None  # (value labelled 1, value labelled 0) of balance_column, for SCR
-    class_names: dict | None = None  # class value -> readable name
+    classes: tuple
+    balance_column: str | None = None
+    spurious_values: tuple | None = None
+    class_names: dict | None = None
     train_split: str = "train"
     test_split: str = "test"
 

@@ -56,9 +56,14 @@ MIN_SCR_DENOMINATOR = 0.001  # SAEBench: a score of 0 when the oracle barely bea
 
 @dataclass
 class LinearProbe:
-    """``logit = x @ weight + bias`` on raw (unstandardised) inputs."""
+    """``logit = x @ weight + bias`` on raw (unstandardised) inputs.
 
-    weight: torch.Tensor  # (d,) float64
+    Attributes:
+        weight: (d,) float64.
+        bias: the intercept.
+    """
+
+    weight: torch.Tensor
     bias: float
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,11 +207,17 @@ def _decoder_projection(probe: LinearProbe, W_dec: torch.Tensor) -> torch.Tensor
 
 
 class PooledSplit(NamedTuple):
-    """Pooled activations of a set of texts and their labels."""
+    """Pooled activations of a set of texts and their labels.
 
-    resid: torch.Tensor  # (n, d_model)
-    latents: torch.Tensor | None  # (n, d_sae); not needed for the biased training set
-    labels: torch.Tensor  # (n,)
+    Attributes:
+        resid: (n, d_model) pooled residual-stream activations.
+        latents: (n, d_sae) pooled SAE latents; None where not needed (the biased training set).
+        labels: (n,) class ids.
+    """
+
+    resid: torch.Tensor
+    latents: torch.Tensor | None
+    labels: torch.Tensor
 
 
 def train_scr_probes(biased_train: PooledSplit, target_train: PooledSplit, spurious_train: PooledSplit,

@@ -28,12 +28,20 @@ import torch.nn.functional as F
 
 
 class ActiveLatents(NamedTuple):
-    """The non-zero pattern of a (B, d_sae) activation matrix, in row-major order."""
+    """The non-zero pattern of a (B, d_sae) activation matrix, in row-major order:
+    ``dense[rows[e], cols[e]] = values[e]``.
 
-    rows: torch.Tensor  # (n,) long, non-decreasing
-    cols: torch.Tensor  # (n,) long, increasing within a row
-    values: torch.Tensor  # (n,)
-    shape: tuple[int, int]  # (B, d_sae) of the dense matrix
+    Attributes:
+        rows: (n,) long, the row (token) of each entry; non-decreasing.
+        cols: (n,) long, the column (latent) of each entry; increasing within a row.
+        values: (n,) the activations.
+        shape: (B, d_sae), the shape of the dense matrix.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
 
     def to_dense(self) -> torch.Tensor:
         dense = self.values.new_zeros(self.shape)

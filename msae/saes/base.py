@@ -8,18 +8,32 @@ Layout (the SAELens and SAEBench convention):
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 
+# The SAELens architectures msae writes and reads (the "architecture" of a cfg.json).
+SAELensArchitecture = Literal["standard", "jumprelu", "topk", "gated"]
+
+
 class StepOutput(NamedTuple):
-    """What one training step returns. ``stats`` hold 0-dim tensors (no host sync)."""
+    """What one training step returns.
+
+    Attributes:
+        loss: 0-dim tensor, the loss to call ``backward`` on.
+        acts: the activations the loss used: a (B, d_sae) tensor, or a
+            :class:`msae.kernels.sparse.ActiveLatents` from a sparse step (:meth:`dense_acts`
+            gives the tensor either way).
+        residual: (B, d_in) ``x - x_hat`` of the full dictionary, detached.
+        stats: named 0-dim tensors for the training log (e.g. ``mse``, ``l0``, ``dead``); left
+            on the device, so a step needs no host sync.
+    """
 
     loss: torch.Tensor
-    acts: Any  # (B, d_sae) tensor, or msae.sparse.ActiveLatents from a sparse step
-    residual: torch.Tensor  # (B, d_in) x - x_hat of the full dictionary, detached
+    acts: Any
+    residual: torch.Tensor
     stats: dict[str, torch.Tensor]
 
     def dense_acts(self) -> torch.Tensor:
@@ -34,9 +48,19 @@ class SparseAutoencoder(nn.Module):
 
     Subclasses define ``encode`` (inference), ``training_step`` (the loss) and, if they
     constrain the weights, ``before_optimizer_step`` / ``after_optimizer_step``.
+
+    Attributes:
+        architecture: the SAELens architecture an exported SAE loads as (a class attribute:
+            "standard", "jumprelu", "topk" or "gated").
+        d_in: input width.
+        d_sae: number of latents.
+        W_enc: (d_in, d_sae) encoder.
+        b_enc: (d_sae,) encoder bias.
+        W_dec: (d_sae, d_in) decoder; row i is latent i's direction.
+        b_dec: (d_in,) decoder bias, also subtracted from the input before encoding.
     """
 
-    architecture: str  # the SAELens architecture name an exported SAE loads as
+    architecture: SAELensArchitecture
 
     def __init__(self, d_in: int, d_sae: int):
         super().__init__()
@@ -159,7 +183,8 @@ class InferenceSAE(SparseAutoencoder):
     threshold (zeros for a plain ReLU SAE). Covers SAELens "standard" and "jumprelu" SAEs and
     dictionary_learning's ReLU and JumpReLU autoencoders."""
 
-    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True, architecture: str = "jumprelu"):
+    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = True,
+                 architecture: Literal["standard", "jumprelu"] = "jumprelu"):
         super().__init__(d_in, d_sae)
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.architecture = architecture

@@ -28,11 +28,31 @@ from .penalty import check_penalty_fields, steer_towards_l0, warmup_factor, warm
 
 @dataclass
 class GatedConfig:
+    """One Gated SAE (:class:`GatedSAE`).
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        target_l0: the L0 the coefficient is steered towards; None: keep the coefficient fixed.
+        l1_coefficient: lambda of the sparsity term at the start (for inputs normalised to
+            E||x||^2 = 1, as ``msae.training.loop.train`` does by default).
+        controller_rate: rate of the target-L0 controller, in [0, 1)
+            (:func:`msae.saes.penalty.steer_towards_l0`).
+        total_steps: length of the run, for the penalty warm-up; None: no warm-up.
+        penalty_warmup_fraction: fraction of ``total_steps`` over which lambda ramps up
+            linearly, in [0, 1].
+        dead_after_tokens: a latent silent for this many training tokens counts as dead
+            (reported in the training statistics).
+        seed: seed of the weight init.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
+
     d_in: int
     d_sae: int
-    target_l0: float | None = None  # None: keep the coefficient fixed
-    l1_coefficient: float = 0.1  # start; inputs normalised to E||x||^2 = 1
-    controller_rate: float = 1e-2  # see common.steer_towards_l0
+    target_l0: float | None = None
+    l1_coefficient: float = 0.1
+    controller_rate: float = 1e-2
     total_steps: int | None = None
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
@@ -48,6 +68,10 @@ class GatedConfig:
 
 
 class GatedSAE(UnitNormSAE):
+    """The Gated SAE of the module docstring: a Heaviside gate path and a magnitude path
+    sharing ``W_enc``, with ``b_gate``, ``b_mag`` and ``r_mag`` (each (d_sae,)) in place of
+    ``b_enc``; unit-norm decoder rows."""
+
     architecture = "gated"
 
     def __init__(self, config: GatedConfig):

@@ -35,16 +35,41 @@ from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activa
 
 @dataclass
 class JumpReLUConfig:
+    """One JumpReLU SAE (:class:`JumpReLUSAE`).
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        target_l0: the L0 the coefficient is steered towards; the thresholds start where the
+            first batch has this L0. None: keep the coefficient fixed, start at ``initial_threshold``.
+        l0_coefficient: lambda of the L0 penalty at the start (for inputs normalised to
+            E||x||^2 = 1, as ``msae.training.loop.train`` does by default).
+        bandwidth: eps, the width of the rectangle kernel of the pseudo-derivatives; > 0.
+        initial_threshold: every threshold's start without ``target_l0``; with it, a floor
+            under the start taken from the first batch; > 0.
+        threshold_lr_scale: learning-rate multiplier of the log-thresholds; > 0. Adam moves a
+            log-threshold by about lr per step, too slow to follow the encoder in a short run
+            (at lr 3e-4 a factor 2 takes ~2,300 steps), so the thresholds learn this much faster.
+        controller_rate: rate of the target-L0 controller, in [0, 1)
+            (:func:`msae.saes.penalty.steer_towards_l0`).
+        total_steps: length of the run, for the penalty warm-up; None: no warm-up.
+        penalty_warmup_fraction: fraction of ``total_steps`` over which lambda ramps up
+            linearly, in [0, 1].
+        dead_after_tokens: a latent silent for this many training tokens counts as dead
+            (reported in the training statistics).
+        seed: seed of the weight init.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
+
     d_in: int
     d_sae: int
-    target_l0: float | None = None  # None: keep the coefficient fixed
-    l0_coefficient: float = 1e-3  # start; inputs normalised to E||x||^2 = 1
-    bandwidth: float = 1e-3  # eps of the rectangle kernel
-    initial_threshold: float = 1e-3  # used as is without target_l0; a floor with it
-    # Adam moves log(threshold) by ~lr per step: too slow to follow the encoder in a short run
-    # (at lr 3e-4, a factor 2 takes ~2,300 steps), so the thresholds learn this much faster.
+    target_l0: float | None = None
+    l0_coefficient: float = 1e-3
+    bandwidth: float = 1e-3
+    initial_threshold: float = 1e-3
     threshold_lr_scale: float = 30.0
-    controller_rate: float = 1e-2  # see common.steer_towards_l0
+    controller_rate: float = 1e-2
     total_steps: int | None = None
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
@@ -118,6 +143,9 @@ def firing_count(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -
 
 
 class JumpReLUSAE(UnitNormSAE):
+    """The JumpReLU SAE of the module docstring: a learned threshold per latent, stored as
+    ``log_threshold`` (d_sae,) and read as ``threshold``; unit-norm decoder rows."""
+
     architecture = "jumprelu"
 
     def __init__(self, config: JumpReLUConfig):

@@ -29,13 +29,36 @@ from .prefixes import sample_prefix_ends
 
 @dataclass
 class L1Config:
+    """One ReLU SAE with a decoder-norm-weighted L1 penalty (:class:`L1SAE`, the toy model's SAE).
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        target_l0: the L0 lambda is steered towards, in (0, d_sae]; None: keep lambda fixed.
+        l1_coefficient: lambda at the start (or throughout, without ``target_l0``); >= 0.
+        controller_rate: after the warm-up, lambda is multiplied by ``1 - controller_rate``
+            while the batch L0 is below ``target_l0`` and by ``1 + controller_rate`` otherwise.
+        l1_warmup_steps: lambda ramps up linearly over these first steps; 0: no warm-up.
+        n_prefixes: 1: a vanilla SAE; > 1: Matryoshka, with this many prefixes per batch (the
+            whole dictionary and ``n_prefixes - 1`` sampled ends); at most d_sae.
+        pareto_exponent: exponent a of the truncated Pareto law the prefix ends are drawn from
+            (``P(m) ∝ m**a - (m-1)**a``), in (0, 1).
+        sort_latents: keep the latents ordered by an EMA of their squared contribution, most
+            used first, so they sit in the shortest prefixes.
+        sort_ema: decay of that EMA, per step.
+        decoder_init_norm: the norm of every decoder row at init.
+        seed: seed of the weight init and of the prefix sampling.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
+
     d_in: int
     d_sae: int
-    target_l0: float | None = None  # None: keep the L1 coefficient fixed
-    l1_coefficient: float = 1.2  # the starting (or fixed) coefficient
+    target_l0: float | None = None
+    l1_coefficient: float = 1.2
     controller_rate: float = 3e-4
-    l1_warmup_steps: int = 0  # the coefficient ramps up linearly over these steps
-    n_prefixes: int = 1  # 1: vanilla SAE; > 1: Matryoshka with sampled prefixes
+    l1_warmup_steps: int = 0
+    n_prefixes: int = 1
     pareto_exponent: float = 0.5
     sort_latents: bool = False
     sort_ema: float = 0.95
@@ -55,6 +78,9 @@ class L1Config:
 
 
 class L1SAE(SparseAutoencoder):
+    """The ReLU SAE of the module docstring, vanilla or with sampled Matryoshka prefixes. Its
+    decoder rows are not constrained (the penalty is weighted by their norms)."""
+
     architecture = "standard"  # SAELens: plain ReLU
 
     def __init__(self, config: L1Config):

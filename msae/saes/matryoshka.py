@@ -18,7 +18,7 @@ faster when k is small against d_sae. ``kernels="auto"`` picks by size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -31,23 +31,47 @@ from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_g
 
 @dataclass
 class MatryoshkaConfig:
-    """One Matryoshka BatchTopK SAE. ``group_sizes=None`` means one group: plain BatchTopK."""
+    """One Matryoshka BatchTopK SAE. ``group_sizes=None`` means one group: plain BatchTopK.
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        k: mean active latents per token, in 1..d_sae: a training batch of B tokens keeps its
+            k * B largest activations.
+        group_sizes: sizes of the nested groups, positive and summing to d_sae (prefix i is
+            the first ``sum(group_sizes[:i + 1])`` latents); None: one group of d_sae.
+        group_weighting: weight of each prefix's reconstruction loss: "uniform" (1/G each, the
+            paper's), "size" (proportional to the group's size) or a list of G non-negative weights.
+        stop_gradient: block gradients from later prefixes into earlier groups.
+        n_random_prefixes: > 0: sample this many prefix ends per batch (the last is always
+            d_sae) instead of using fixed groups; needs one group. 0: the fixed groups.
+        pareto_exponent: exponent a of the truncated Pareto law random prefix ends are drawn
+            from (``P(m) ∝ m**a - (m-1)**a``), in (0, 1).
+        auxk_alpha: weight of the AuxK loss.
+        auxk_k: dead latents AuxK may use per token; None: ``max(1, d_in // 2)``.
+        dead_after_tokens: a latent silent for this many training tokens is dead (AuxK trains it).
+        threshold_beta: EMA decay of the inference threshold, per step, in [0, 1).
+        threshold_start_step: the first (0-based) training step that updates the inference
+            threshold; ``encode`` with the threshold needs a run longer than this.
+        seed: seed of the weight init and of the random prefix sampling.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
 
     d_in: int
     d_sae: int
-    k: int  # mean active latents per token; the batch keeps k * B activations
+    k: int
     group_sizes: list[int] | None = None
-    group_weighting: str | list[float] = "uniform"  # "uniform", "size" or explicit weights
-    stop_gradient: bool = False  # block gradients from later prefixes into earlier groups
-    n_random_prefixes: int = 0  # > 0: sample this many prefixes per batch instead of groups
+    group_weighting: Literal["uniform", "size"] | list[float] = "uniform"
+    stop_gradient: bool = False
+    n_random_prefixes: int = 0
     pareto_exponent: float = 0.5
     auxk_alpha: float = 1 / 32
-    auxk_k: int | None = None  # dead latents AuxK may use per token; None: d_in // 2
-    dead_after_tokens: int = 10_000_000  # a latent silent this long is dead
+    auxk_k: int | None = None
+    dead_after_tokens: int = 10_000_000
     threshold_beta: float = 0.999
     threshold_start_step: int = 1000
-    seed: int = 0  # weight init and prefix sampling
-    # Where the SAE reads its input, written into the SAELens cfg.json.
+    seed: int = 0
     model_name: str = ""
     hook_name: str = ""
 

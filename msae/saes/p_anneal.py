@@ -26,18 +26,46 @@ from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activa
 
 @dataclass
 class PAnnealConfig:
+    """One P-annealing SAE (:class:`PAnnealSAE`).
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        total_steps: length of the run; required (None raises): the p schedule and the
+            penalty warm-up are laid out over it.
+        target_l0: the L0 alpha is steered towards; None: alpha changes only when p does.
+        lp_coefficient: alpha at the start (for inputs normalised to E||x||^2 = 1, as
+            ``msae.training.loop.train`` does by default); >= 0.
+        p_start: p at the start (1: an L1 penalty); 0 < p_end <= p_start <= 1.
+        p_end: p from the last change on.
+        n_p_updates: number of equal steps p takes from p_start to p_end; >= 1.
+        anneal_start_fraction: fraction of ``total_steps`` at which p first changes.
+        anneal_end_fraction: fraction of ``total_steps`` at which p reaches p_end.
+        rescale_batches: batches before each change over which L_p^p at the old and the new p
+            are summed to rescale alpha; >= 1.
+        controller_rate: rate of the target-L0 controller, in [0, 1)
+            (:func:`msae.saes.penalty.steer_towards_l0`).
+        penalty_warmup_fraction: fraction of ``total_steps`` over which alpha ramps up
+            linearly, in [0, 1].
+        dead_after_tokens: a latent silent for this many training tokens counts as dead
+            (reported in the training statistics).
+        seed: seed of the weight init.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
+
     d_in: int
     d_sae: int
-    total_steps: int | None = None  # required: the schedule is laid out over the run
-    target_l0: float | None = None  # None: alpha changes only when p does
-    lp_coefficient: float = 0.1  # alpha at the start; inputs normalised to E||x||^2 = 1
+    total_steps: int | None = None
+    target_l0: float | None = None
+    lp_coefficient: float = 0.1
     p_start: float = 1.0
     p_end: float = 0.2
     n_p_updates: int = 10
     anneal_start_fraction: float = 0.05
     anneal_end_fraction: float = 0.8
     rescale_batches: int = 10
-    controller_rate: float = 1e-2  # see common.steer_towards_l0
+    controller_rate: float = 1e-2
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000
     seed: int = 0
@@ -73,6 +101,9 @@ class PAnnealConfig:
 
 
 class PAnnealSAE(UnitNormSAE):
+    """The P-annealing SAE of the module docstring: a ReLU SAE whose L_p^p penalty anneals p
+    from ``p_start`` to ``p_end``; unit-norm decoder rows."""
+
     architecture = "standard"  # SAELens runs it as a plain ReLU SAE
 
     def __init__(self, config: PAnnealConfig):

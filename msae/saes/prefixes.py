@@ -8,6 +8,7 @@ prefix is always the whole dictionary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -56,7 +57,7 @@ def prefix_ends(group_sizes: Sequence[int]) -> list[int]:
     return ends
 
 
-def group_weights(kind: str | Sequence[float], group_sizes: Sequence[int]) -> list[float]:
+def group_weights(kind: Literal["uniform", "size"] | Sequence[float], group_sizes: Sequence[int]) -> list[float]:
     """Weight of each prefix's reconstruction loss.
 
     ``"uniform"``: 1/G each (the paper's default); ``"size"``: proportional to the group's

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .base import SparseAutoencoder
 from .gated import GatedConfig, GatedSAE
@@ -28,19 +28,37 @@ from .matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 # (e.g. BatchTopK's inference-threshold settings mean nothing to a Gated SAE).
 SHARED_FIELDS = ("steps", "threshold_start_step", "threshold_beta", "dead_after_tokens", "seed", "model_name", "hook_name")
 
+# The keys of ARCHITECTURES (a test checks the two agree).
+ArchitectureName = Literal["relu", "topk", "batchtopk", "matryoshka", "gated", "jumprelu", "p_anneal"]
+
 
 @dataclass(frozen=True)
 class Architecture:
-    name: str  # registry key
+    """One row of Table 1: an architecture, its classes and how its L0 is set.
+
+    Attributes:
+        name: the registry key :func:`build_sae` takes, e.g. "matryoshka".
+        display_name: the name shown in tables and plots, e.g. "Matryoshka BatchTopK".
+        sae_class: the SAE class.
+        config_class: its config dataclass.
+        reference: the paper it comes from.
+        sparsity: what makes the code sparse, in words.
+        l0_control: how its L0 is set, in words.
+        l0_field: the config field a target L0 goes to: "k" or "target_l0".
+        hyperparameters: the config fields shown in Table 1 with their defaults.
+        defaults: registry-level defaults, shown beside them (e.g. Matryoshka's group fractions).
+    """
+
+    name: ArchitectureName
     display_name: str
     sae_class: type[SparseAutoencoder]
     config_class: type
     reference: str
-    sparsity: str  # what makes the code sparse
-    l0_control: str  # how its L0 is set
-    l0_field: str  # the config field a target L0 goes to
-    hyperparameters: tuple[str, ...]  # config fields shown in Table 1
-    defaults: dict[str, Any] = field(default_factory=dict)  # registry-level defaults (shown too)
+    sparsity: str
+    l0_control: str
+    l0_field: Literal["k", "target_l0"]
+    hyperparameters: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def hyperparameter_defaults(self) -> dict[str, Any]:
         """The named fields' defaults, read off the config dataclass, plus the registry's own."""
@@ -109,13 +127,14 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
 ]}
 
 
-def architecture(name: str) -> Architecture:
+def architecture(name: ArchitectureName) -> Architecture:
+    """The registry entry of ``name``; raises ``ValueError`` listing the known names."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
-def build_sae(architecture_name: str, **fields: Any) -> SparseAutoencoder:
+def build_sae(architecture_name: ArchitectureName, **fields: Any) -> SparseAutoencoder:
     """A new SAE of the named architecture. ``fields`` are its config's fields, plus ``l0`` (the
     target L0, sent to ``k`` or ``target_l0``) and ``steps`` (sent to ``total_steps``). The
     :data:`SHARED_FIELDS` are dropped where the config has no such field; any other unknown

@@ -26,10 +26,35 @@ from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activa
 class ReLUL1Config(L1Config):
     """:class:`L1Config` with language-model defaults. ``l1_warmup_steps`` is derived from
     ``total_steps`` when that is given; the toy-only options (``n_prefixes``, ``sort_latents``)
-    must stay off."""
+    must stay off.
 
-    l1_coefficient: float = 0.1  # start; inputs normalised to E||x||^2 = 1
-    controller_rate: float = 1e-2  # see common.steer_towards_l0
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        target_l0: the L0 lambda is steered towards; None: keep lambda fixed.
+        l1_coefficient: lambda at the start (for inputs normalised to E||x||^2 = 1, as
+            ``msae.training.loop.train`` does by default).
+        controller_rate: rate of the target-L0 controller, in [0, 1)
+            (:func:`msae.saes.penalty.steer_towards_l0`, not :class:`L1Config`'s rule).
+        l1_warmup_steps: steps of lambda's linear warm-up; replaced by
+            ``round(penalty_warmup_fraction * total_steps)`` when ``total_steps`` is given.
+        n_prefixes: must be 1 (a plain SAE).
+        pareto_exponent: unused with one prefix.
+        sort_latents: must be False.
+        sort_ema: unused without ``sort_latents``.
+        decoder_init_norm: the norm of every decoder row at init.
+        seed: seed of the weight init.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+        total_steps: length of the run, for the penalty warm-up; None: keep ``l1_warmup_steps``.
+        penalty_warmup_fraction: fraction of ``total_steps`` over which lambda ramps up
+            linearly, in [0, 1].
+        dead_after_tokens: a latent silent for this many training tokens counts as dead
+            (reported in the training statistics).
+    """
+
+    l1_coefficient: float = 0.1
+    controller_rate: float = 1e-2
     total_steps: int | None = None
     penalty_warmup_fraction: float = 0.05
     dead_after_tokens: int = 10_000_000

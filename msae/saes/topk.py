@@ -27,11 +27,25 @@ from ..kernels.sparse import ActiveLatents, selected_pre_activations
 
 @dataclass
 class TopKConfig:
+    """One TopK SAE (:class:`TopKSAE`).
+
+    Attributes:
+        d_in: input width.
+        d_sae: number of latents.
+        k: active latents per token, in 1..d_sae.
+        auxk_alpha: weight of the AuxK loss.
+        auxk_k: dead latents AuxK may use per token; None: ``max(1, d_in // 2)``.
+        dead_after_tokens: a latent silent for this many training tokens is dead (AuxK trains it).
+        seed: seed of the weight init.
+        model_name: the model whose activations the SAE reads; written into the SAELens cfg.json.
+        hook_name: the hook point it reads, e.g. "blocks.12.hook_resid_post"; written into cfg.json.
+    """
+
     d_in: int
     d_sae: int
-    k: int  # active latents per token
+    k: int
     auxk_alpha: float = 1 / 32
-    auxk_k: int | None = None  # dead latents AuxK may use per token; None: d_in // 2
+    auxk_k: int | None = None
     dead_after_tokens: int = 10_000_000
     seed: int = 0
     model_name: str = ""

@@ -24,7 +24,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -40,22 +40,47 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
+    """How :func:`train` trains: the run's length, Adam and its schedule, input scaling,
+    logging, checkpoints and device. Saved with every checkpoint: a run folder only resumes
+    under an equal config.
+
+    Attributes:
+        steps: number of optimizer steps (one batch each); > 0.
+        lr: Adam's learning rate after warm-up, before decay.
+        betas: Adam's (beta1, beta2).
+        warmup_steps: the learning rate ramps up linearly over these first steps; 0: no warm-up.
+        decay_fraction: the learning rate decays linearly over this last fraction of the
+            steps, in [0, 1]; 0: no decay.
+        final_lr_fraction: the learning rate at the end, relative to ``lr``.
+        grad_clip: the largest global gradient norm; None: no clipping.
+        normalize_inputs: scale the inputs by one scalar so that E||x||^2 =
+            ``normalized_sq_norm`` (folded into the weights at the end, so the returned SAE
+            runs on raw inputs); False: train on raw inputs.
+        normalized_sq_norm: the E||x||^2 the inputs are scaled to.
+        normalization_batches: batches drawn (and not trained on) to estimate the scale.
+        checkpoint_every: steps between checkpoints (with a run folder); > 0.
+        log_every: steps between entries of the history and the progress bar (the only
+            points where values leave the device); > 0.
+        device: the torch device to train on, e.g. "cpu" or "cuda".
+        autocast_dtype: None: float32 throughout; "bfloat16" or "float16": run the forward
+            pass under autocast (weights, Adam state and the threshold stay float32). Meant for
+            GPUs; msae's SAEs keep their sparse parts in float32.
+    """
+
     steps: int
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 1000
-    decay_fraction: float = 0.2  # linear decay over this last fraction of the steps
-    final_lr_fraction: float = 0.0  # the learning rate at the end, relative to lr
+    decay_fraction: float = 0.2
+    final_lr_fraction: float = 0.0
     grad_clip: float | None = 1.0
     normalize_inputs: bool = True
-    normalized_sq_norm: float = 1.0  # the E||x||^2 inputs are scaled to
-    normalization_batches: int = 8  # batches drawn (and not trained on) to estimate the scale
+    normalized_sq_norm: float = 1.0
+    normalization_batches: int = 8
     checkpoint_every: int = 1000
     log_every: int = 100
     device: str = "cpu"
-    # "bfloat16": run the forward pass under autocast (weights, Adam state and the threshold
-    # stay float32). Meant for GPUs; msae's SAEs keep their sparse parts in float32.
-    autocast_dtype: str | None = None
+    autocast_dtype: Literal["bfloat16", "float16"] | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -85,10 +110,21 @@ class NonFiniteError(RuntimeError):
 
 
 class TrainResult(NamedTuple):
-    sae: SparseAutoencoder  # in raw input units
-    history: list[dict[str, float]]  # one entry per log step
-    input_scale: float  # the factor the inputs were multiplied by during training
-    resumed_from: int | None  # the step a checkpoint resumed from, if any
+    """What :func:`train` returns for one SAE.
+
+    Attributes:
+        sae: the trained SAE, in raw input units (the input scale folded into its weights).
+        history: one dict per log step: ``step``, ``loss``, ``variance_explained`` and the
+            SAE's own statistics (``mse``, ``l0``, ...).
+        input_scale: the factor the inputs were multiplied by during training.
+        resumed_from: the step a checkpoint resumed this call from; None if it started afresh
+            or the run had already finished.
+    """
+
+    sae: SparseAutoencoder
+    history: list[dict[str, float]]
+    input_scale: float
+    resumed_from: int | None
 
 
 def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float = 1.0) -> float:
