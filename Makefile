@@ -1,7 +1,7 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
 #   make reproduce-fast   the same without the baseline, scaling and ablation studies (14-16)
-#   make test        unit tests, then every notebook at the smoke profile under nbval
+#   make test        lint, unit tests, then every notebook at the smoke profile under nbval
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb)
 SMOKE_DIR := build/smoke
 
-.PHONY: reproduce reproduce-fast run-notebooks test unit-test notebook-test lab bench interop clean env
+.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test notebook-test lab bench interop clean env
 
 env: $(STAMP)
 
@@ -40,7 +40,11 @@ run-notebooks:
 		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \
 	done
 
-test: unit-test notebook-test
+test: lint unit-test notebook-test
+
+# lint only, in seconds: the rules are in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check msae tests benchmarks notebooks
 
 unit-test: $(STAMP)
 	$(BIN)/python -m pytest tests

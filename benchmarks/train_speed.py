@@ -32,8 +32,8 @@ import time
 
 import torch
 
-from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
 from msae.training.loop import TrainConfig, optimization_step
 
 # (d_in, d_sae, batch, k, steps per round)

@@ -5,7 +5,7 @@ training loop) and ``msae.io`` (SAELens and dictionary_learning layouts).
 """
 
 from .io import load_dictionary_learning, load_sae, save_sae
-from .saes.l1 import L1Config, L1SAE
+from .saes.l1 import L1SAE, L1Config
 from .saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
 from .training.loop import TrainConfig, train
 

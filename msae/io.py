@@ -23,10 +23,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from .saes.base import InferenceSAE, SparseAutoencoder, load_named_tensors
-from .saes import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config, ReLUL1SAE, TopKConfig, TopKSAE)
 from .files import atomic_write, write_json
-from .saes.l1 import L1Config, L1SAE
+from .saes import (
+    GatedConfig,
+    GatedSAE,
+    JumpReLUConfig,
+    JumpReLUSAE,
+    PAnnealConfig,
+    PAnnealSAE,
+    ReLUL1Config,
+    ReLUL1SAE,
+    TopKConfig,
+    TopKSAE,
+)
+from .saes.base import InferenceSAE, SparseAutoencoder, load_named_tensors
+from .saes.l1 import L1SAE, L1Config
 from .saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 CFG_FILE = "cfg.json"

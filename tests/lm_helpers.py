@@ -56,8 +56,8 @@ def tiny_model(shape: str = "llama", seed: int = 0):
 def local_text_sweep_config(profile: str, folder, **fields):
     """A tiny sweep at ``profile`` whose train and held-out text are local story files read through
     the Hugging Face ``datasets`` "text" loader (the paper profile's code path, offline)."""
-    from msae.experiments import sweep
     from msae.data.activations import CorpusConfig
+    from msae.experiments import profiles
 
     corpora = {}
     for name, seed in (("train", 0), ("eval", 1)):
@@ -67,4 +67,4 @@ def local_text_sweep_config(profile: str, folder, **fields):
     tiny = dict(hook_name="blocks.1.hook_resid_post", d_sae=64, k_values=[4], matched_k=4, n_tokens=1500, steps=30,
                 batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
                 dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9)
-    return sweep.sweep_config(profile, corpus=corpora["train"], eval_corpus=corpora["eval"], **{**tiny, **fields})
+    return profiles.sweep_config(profile, corpus=corpora["train"], eval_corpus=corpora["eval"], **{**tiny, **fields})

@@ -10,7 +10,24 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model, tiny_tokenizer
-from msae.evals.absorption import (LETTERS, AbsorptionConfig, LetterDataset, LetterWords, absorption_fractions, evaluate_absorption, f1_scores, fit_sparse_probes, l1_probe_weights, letter_activations, letter_prompts, letter_tokens, load_letter_dataset, rank_latents, save_letter_dataset, train_letter_probes)
+from msae.evals.absorption import (
+    LETTERS,
+    AbsorptionConfig,
+    LetterDataset,
+    LetterWords,
+    absorption_fractions,
+    evaluate_absorption,
+    f1_scores,
+    fit_sparse_probes,
+    l1_probe_weights,
+    letter_activations,
+    letter_prompts,
+    letter_tokens,
+    load_letter_dataset,
+    rank_latents,
+    save_letter_dataset,
+    train_letter_probes,
+)
 from msae.saes.base import InferenceSAE
 
 HOOK = "blocks.1.hook_resid_post"

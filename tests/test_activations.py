@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model
-from msae.data.activations import (ActivationConfig, CachedActivations, CorpusConfig, DataUnavailableError, collect_activations, iter_contexts, iter_documents, keep_mask)
+from msae.data.activations import (
+    ActivationConfig,
+    CachedActivations,
+    CorpusConfig,
+    DataUnavailableError,
+    collect_activations,
+    iter_contexts,
+    iter_documents,
+    keep_mask,
+)
 
 HOOK = "blocks.1.hook_resid_post"
 

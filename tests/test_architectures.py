@@ -6,11 +6,11 @@ import inspect
 import pytest
 import torch
 
-from msae.saes.registry import ARCHITECTURES, SHARED_FIELDS, build_sae, table1_markdown, table1_rows
-from msae.saes import GatedSAE, JumpReLUSAE, PAnnealSAE, ReLUL1SAE, TopKSAE
 from msae.io import _MSAE_CLASSES
-from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
+from msae.saes import GatedSAE, JumpReLUSAE, PAnnealSAE, ReLUL1SAE, TopKSAE
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE
+from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
+from msae.saes.registry import ARCHITECTURES, SHARED_FIELDS, build_sae, table1_markdown, table1_rows
 
 TABLE1 = ["relu", "topk", "batchtopk", "matryoshka", "gated", "jumprelu", "p_anneal"]
 EXPECTED_CLASS = {"relu": ReLUL1SAE, "topk": TopKSAE, "batchtopk": MatryoshkaBatchTopKSAE,

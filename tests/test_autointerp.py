@@ -9,7 +9,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from msae.evals.autointerp import (Example, JudgeConfig, JudgeError, autointerp_scores, chat_completion, detection_messages, detection_score, explanation_messages, judge_configured, latent_examples, parse_detection_answer, parse_explanation, top_windows)
+from msae.evals.autointerp import (
+    Example,
+    JudgeConfig,
+    JudgeError,
+    autointerp_scores,
+    chat_completion,
+    detection_messages,
+    detection_score,
+    explanation_messages,
+    judge_configured,
+    latent_examples,
+    parse_detection_answer,
+    parse_explanation,
+    top_windows,
+)
 
 WORDS = ["the", "a", "sun", "tree", "ran", "big", "small", "home", "red", "sky", "hat", "box", "sea", "hill", "road",
          "cup", "cat", "dog", "bird", "fish"]

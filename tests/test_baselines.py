@@ -3,14 +3,27 @@ directly, the straight-through estimators against their defined pseudo-derivativ
 controller's direction, and round trips through the SAELens layout."""
 
 import copy
-import math
 import json
+import math
 
 import pytest
 import torch
 
-from msae.saes import (GatedConfig, GatedSAE, JumpReLUConfig, JumpReLUSAE, PAnnealConfig, PAnnealSAE, ReLUL1Config, ReLUL1SAE, TopKConfig, TopKSAE, firing_count, jump_relu)
 from msae.io import load_sae, save_sae
+from msae.saes import (
+    GatedConfig,
+    GatedSAE,
+    JumpReLUConfig,
+    JumpReLUSAE,
+    PAnnealConfig,
+    PAnnealSAE,
+    ReLUL1Config,
+    ReLUL1SAE,
+    TopKConfig,
+    TopKSAE,
+    firing_count,
+    jump_relu,
+)
 from msae.training.loop import TrainConfig, optimization_step
 
 D_IN, D_SAE = 12, 40

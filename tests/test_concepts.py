@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from msae.evals.concepts import (ConceptCounts, absorbing_latents, concept_f1, concept_f1_from_chunks, general_latent, holes, interpretability_summary)
+from msae.evals.concepts import (
+    ConceptCounts,
+    absorbing_latents,
+    concept_f1,
+    concept_f1_from_chunks,
+    general_latent,
+    holes,
+    interpretability_summary,
+)
 
 
 def random_concepts(gen, n_tokens, n_concepts, p=0.2):

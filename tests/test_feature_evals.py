@@ -8,8 +8,8 @@ import math
 import pytest
 
 from lm_helpers import local_text_sweep_config, tiny_model
-from msae.experiments import feature_evals, sweep
 from msae.evals.autointerp import JudgeConfig
+from msae.experiments import feature_evals, profiles, sweep
 
 
 @pytest.fixture(scope="module")
@@ -64,4 +64,4 @@ def test_unknown_metric_and_profile_are_refused(evaluator):
     with pytest.raises(ValueError, match="unknown metric"):
         evaluator.evaluate("matryoshka_k4", "vibes")
     with pytest.raises(ValueError, match="unknown profile"):
-        feature_evals.eval_config("huge")
+        profiles.eval_config("huge")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from msae.io import load_dictionary_learning, load_sae, save_sae
-from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.l1 import L1SAE, L1Config
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 

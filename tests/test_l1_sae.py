@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.l1 import L1SAE, L1Config
 from msae.saes.prefixes import sample_prefix_ends
 
 

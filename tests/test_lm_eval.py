@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from lm_helpers import tiny_model
 from msae.data.activations import CorpusConfig
-from msae.saes.base import InferenceSAE
 from msae.evals.lm_eval import build_eval_set, cross_entropy_with, evaluate_sae, loss_recovered
+from msae.saes.base import InferenceSAE
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -3,8 +3,8 @@ import torch
 
 from msae.evals.meta_sae import DecoderRows, batch_top_k_reconstruction, train_meta_sae
 from msae.evals.metrics import unit_rows
-from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from msae.kernels.sparse import batch_top_k
+from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 
 def composed_rows(gen, n_rows, d_in, n_meta, max_parts=4):

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from msae.saes.prefixes import (PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, group_weights, pareto_prefix_probabilities, prefix_ends, sample_prefix_ends, validate_group_sizes)
+from msae.saes.prefixes import (
+    PAPER_GROUP_FRACTIONS,
+    group_sizes_from_fractions,
+    group_weights,
+    pareto_prefix_probabilities,
+    prefix_ends,
+    sample_prefix_ends,
+    validate_group_sizes,
+)
 
 
 def test_paper_fractions_give_the_papers_prefixes():

@@ -3,8 +3,16 @@ import json
 import pytest
 import torch
 
-from msae.evals.probe_tasks import (GROUP_OF_PROFESSION, STORY_SCR, HFTextSource, LabelContrast, evaluate_suite, hf_text_tasks, story_tasks)
 from msae.data.stories import generate_stories
+from msae.evals.probe_tasks import (
+    GROUP_OF_PROFESSION,
+    STORY_SCR,
+    HFTextSource,
+    LabelContrast,
+    evaluate_suite,
+    hf_text_tasks,
+    story_tasks,
+)
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_literal_fields_take_exactly_the_values_validation_accepts():
 
 def test_literal_names_agree_with_the_registries():
     from msae.data.models import KNOWN_MODELS, ModelName
-    from msae.io import FOREIGN_SAELENS_ARCHITECTURES, _MSAE_CLASSES
+    from msae.io import _MSAE_CLASSES, FOREIGN_SAELENS_ARCHITECTURES
     from msae.saes.base import SAELensArchitecture
     from msae.saes.registry import ARCHITECTURES, ArchitectureName, architecture
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import layout_fixture as F
 from msae import load_sae
-from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.l1 import L1SAE, L1Config
 from msae.saes.registry import build_sae
 from msae.training.loop import TrainConfig, train
 
@@ -48,11 +48,14 @@ def test_old_finished_run_is_reloaded_not_retrained(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_old_interrupted_run_resumes_to_the_old_uninterrupted_result(name, tmp_path):
-    """The checkpoint of step 4 written by the old code, resumed by this one, ends bit for bit where
-    the old code's uninterrupted run ended: the move changed no computation."""
+    """The checkpoint of step 4 written by the old code, resumed by this one, ends where the old
+    code's uninterrupted run ended: the move changed no computation. Within float32 rounding, not
+    bit for bit: the fixture was written on another CPU, whose BLAS kernels round differently
+    (about 3e-8 seen after 12 steps, so a tolerance of 1e-6 is 30x that, and far below what any
+    change to the maths moves). Bit-exact resumption on one machine is test_train's."""
     run_dir = tmp_path / name
     shutil.copytree(FIXTURE / "interrupted" / name, run_dir)
     result = train(make(name), F.SeededBatches(), CONFIG, run_dir, progress=False)
     assert result.resumed_from == F.CHECKPOINT_EVERY
     for key, value in saved_tensors(FIXTURE / "finished" / name).items():
-        assert torch.equal(result.sae.export_tensors()[key], value), key
+        torch.testing.assert_close(result.sae.export_tensors()[key], value, rtol=1e-5, atol=1e-6, msg=key)

@@ -6,9 +6,19 @@ import pytest
 import torch
 
 from msae.kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
-from msae.saes.prefixes import sample_prefix_ends
+from msae.kernels.sparse import (
+    _coprime_stride,
+    batch_top_k,
+    batch_top_k_active,
+    batch_top_k_indices,
+    sampled_dot,
+    selected_pre_activations,
+    sparse_decode_error,
+    sum_rows_by_col,
+    sum_rows_by_row,
+)
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
-from msae.kernels.sparse import (_coprime_stride, batch_top_k, batch_top_k_active, batch_top_k_indices, sampled_dot, selected_pre_activations, sparse_decode_error, sum_rows_by_col, sum_rows_by_row)
+from msae.saes.prefixes import sample_prefix_ends
 from msae.training.loop import TrainConfig, train
 
 F64 = torch.float64

@@ -2,9 +2,16 @@ import pytest
 import torch
 
 from lm_helpers import tiny_model
-from msae.saes.base import InferenceSAE
 from msae.data.stories import generate_stories
-from msae.data.story_activations import (TextActivations, collect_text_activations, encode_tokens, pooled, pooled_resid, story_activations)
+from msae.data.story_activations import (
+    TextActivations,
+    collect_text_activations,
+    encode_tokens,
+    pooled,
+    pooled_resid,
+    story_activations,
+)
+from msae.saes.base import InferenceSAE
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -103,7 +110,7 @@ def test_save_and_load_round_trip(acts, tmp_path):
     assert loaded.concepts == acts.concepts and loaded.labels == acts.labels and loaded.texts == acts.texts
     assert loaded.hook_name == HOOK
     (tmp_path / "other.pt").write_bytes(b"not a file of ours")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="other.pt is not a text-activations file"):
         TextActivations.load(tmp_path / "other.pt")
 
 

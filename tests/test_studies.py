@@ -13,11 +13,11 @@ import torch
 matplotlib.use("Agg")
 
 from lm_helpers import tiny_model
-from msae.experiments import studies, sweep
-from msae.saes.registry import ARCHITECTURES, build_sae
+from msae.experiments import profiles, studies, sweep
 from msae.io import load_sae
 from msae.plots import studies as study_plots
 from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
+from msae.saes.registry import ARCHITECTURES, build_sae
 
 SHARED = {"d_sae", "steps", "dead_after_tokens", "threshold_start_step", "threshold_beta", "seed", "model_name", "hook_name"}
 
@@ -26,7 +26,7 @@ def small_sweep(seed: int, d_sae: int = 256) -> sweep.SweepConfig:
     """The smoke profile with k values and a seed drawn from ``seed``."""
     rng = random.Random(seed)
     k_values = sorted(rng.sample(range(2, 40), 3))
-    return sweep.sweep_config("smoke", d_sae=d_sae, k_values=k_values, matched_k=k_values[1], seed=rng.randrange(1000),
+    return profiles.sweep_config("smoke", d_sae=d_sae, k_values=k_values, matched_k=k_values[1], seed=rng.randrange(1000),
                               steps=rng.randrange(50, 500))
 
 
@@ -50,7 +50,7 @@ def test_scaling_skips_the_sweeps_own_width_and_names_the_others(seed):
     study = studies.StudyConfig(widths=[width, config.d_sae], width_k_values=config.k_values[:2])
     configs = studies.scaling_configs(config, study)
     assert set(configs) == {f"{a}_d{width}_k{k}" for a in study.width_architectures for k in config.k_values[:2]}
-    for name, fields in configs.items():
+    for fields in configs.values():
         assert fields["d_sae"] == width
     paper_groups = group_sizes_from_fractions(width, PAPER_GROUP_FRACTIONS)
     assert configs[f"matryoshka_d{width}_k{config.k_values[0]}"]["group_sizes"] == paper_groups
@@ -102,13 +102,13 @@ def test_bad_study_requests_say_what_is_wrong():
     with pytest.raises(ValueError, match=r"unknown ablation arms \['matryoshka_dropout'\]"):
         studies.StudyConfig(ablation_arms=["matryoshka_dropout"])
     with pytest.raises(ValueError, match="unknown study 'pruning'"):
-        studies.study_configs(sweep.sweep_config("smoke"), studies.StudyConfig(), "pruning")
+        studies.study_configs(profiles.sweep_config("smoke"), studies.StudyConfig(), "pruning")
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default"])
 def test_build_sae_builds_every_study_sae(profile, gen):
-    config = sweep.sweep_config(profile)
-    study = studies.STUDIES[profile]
+    config = profiles.sweep_config(profile)
+    study = profiles.study_config(profile)
     d_in = 16
     x = torch.randn(64, d_in, generator=gen)
     for name in ("baselines", "scaling", "ablations"):
@@ -144,7 +144,7 @@ def fake_results(gen, config, names):
 
 
 def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
-    config = sweep.sweep_config("smoke", d_sae=256, k_values=[4, 8, 16], matched_k=8)
+    config = profiles.sweep_config("smoke", d_sae=256, k_values=[4, 8, 16], matched_k=8)
     study = studies.StudyConfig(widths=[64, 1024], width_k_values=[4, 8], width_architectures=["matryoshka", "relu", "topk"])
     names = [f"{a}_k{k}" for a in ("matryoshka", "relu", "topk", "batchtopk") for k in (4, 8, 16)]
     names += [f"{a}_d{w}_k{k}" for a in ("matryoshka", "relu") for w in (64, 1024) for k in (4, 8)]
@@ -167,7 +167,7 @@ def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
 
 
 def test_fig5_and_the_l0_table_cover_every_architecture(gen):
-    config = sweep.sweep_config("smoke", k_values=[4, 8], matched_k=8)
+    config = profiles.sweep_config("smoke", k_values=[4, 8], matched_k=8)
     names = [f"{a}_k{k}" for a in ARCHITECTURES for k in (4, 8)]
     names += ["batchtopk_w8_k1", "matryoshka_stop_gradient_k4", "relu_d64_k4"]  # other studies: not in Fig 5
     results = fake_results(gen, config, names)
@@ -185,7 +185,7 @@ def test_fig5_and_the_l0_table_cover_every_architecture(gen):
 
 
 def test_ablation_rows_put_each_arm_beside_the_main_saes(gen):
-    config = sweep.sweep_config("smoke", k_values=[4, 8, 16], matched_k=8)
+    config = profiles.sweep_config("smoke", k_values=[4, 8, 16], matched_k=8)
     names = [f"{a}_k{k}" for a in ("matryoshka", "batchtopk") for k in (4, 8, 16)]
     names += [f"{arm}_k{k}" for arm in ("matryoshka_stop_gradient", "matryoshka_3groups") for k in (8, 4)]
     results = fake_results(gen, config, names)
@@ -215,8 +215,8 @@ TINY_STUDY = studies.StudyConfig(
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    config = sweep.sweep_config(
-        "smoke", corpus=replace(sweep.STORIES, n_documents=60), eval_corpus=replace(sweep.HELD_OUT_STORIES, n_documents=20),
+    config = profiles.sweep_config(
+        "smoke", corpus=replace(profiles.STORIES, n_documents=60), eval_corpus=replace(profiles.HELD_OUT_STORIES, n_documents=20),
         hook_name="blocks.1.hook_resid_post", d_sae=32, k_values=[4], matched_k=4, n_tokens=1200, steps=12,
         batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=3, dead_after_tokens=300,
         threshold_start_step=4,

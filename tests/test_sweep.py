@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lm_helpers import local_text_sweep_config, tiny_model
-from msae.experiments import sweep
+from msae.experiments import profiles, sweep
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,11 @@ def test_a_second_run_reuses_everything(paper_like, monkeypatch):
 def test_gpu_profile_without_a_gpu_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        sweep.run_sweep(sweep.sweep_config("paper"), tmp_path)
+        sweep.run_sweep(profiles.sweep_config("paper"), tmp_path)
 
 
 def test_bad_profiles_and_configs():
     with pytest.raises(ValueError, match="unknown profile 'big'"):
-        sweep.sweep_config("big")
+        profiles.sweep_config("big")
     with pytest.raises(ValueError, match="matched_k=7 must be one of"):
-        sweep.sweep_config("smoke", matched_k=7)
+        profiles.sweep_config("smoke", matched_k=7)

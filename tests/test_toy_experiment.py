@@ -7,6 +7,7 @@ time and its mean matched cosine 0.867-0.878; the Matryoshka SAE's absorption wa
 
 import pytest
 
+from msae.experiments import profiles
 from msae.experiments import toy as toy_experiment
 
 
@@ -15,7 +16,7 @@ def evaluations(tmp_path_factory):
     from conftest import SEED
 
     seeds = [SEED % 1000, SEED % 1000 + 1]
-    config = toy_experiment.toy_config("smoke")
+    config = profiles.toy_config("smoke")
     return toy_experiment.run(config, seeds, tmp_path_factory.mktemp("runs"), progress=False)
 
 
@@ -48,4 +49,4 @@ def test_median_seed_and_table(evaluations):
 
 def test_unknown_profile_is_refused():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        toy_experiment.toy_config("fast")
+        profiles.toy_config("fast")

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from ..files import atomic_write, write_json
-from .stories import corpus_fingerprint, generate_stories
 from .sources import EpochShuffledRows
+from .stories import corpus_fingerprint, generate_stories
 
 
 class DataUnavailableError(RuntimeError):
@@ -208,8 +208,8 @@ def collect_activations(model, config: ActivationConfig, cache_root: str | Path,
                 acts, kept_tokens = _run_shard(model, tokens, config, layer, special)
                 if not np.isfinite(acts.astype(np_dtype)).all():
                     raise ValueError(f"activations overflow {config.dtype} in shard {index}; collect in float32")
-                atomic_write(folder / f"tokens_{index:05d}.npy", lambda f: np.save(f, kept_tokens))
-                atomic_write(path, lambda f: np.save(f, acts.astype(np_dtype)))
+                atomic_write(folder / f"tokens_{index:05d}.npy", lambda f, t=kept_tokens: np.save(f, t))
+                atomic_write(path, lambda f, a=acts: np.save(f, a.astype(np_dtype)))
             n = int(np.load(path, mmap_mode="r").shape[0])
             shards.append({"file": path.name, "tokens_file": f"tokens_{index:05d}.npy", "n_tokens": n})
             total += n

@@ -34,9 +34,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -99,7 +100,7 @@ class JudgeConfig:
             raise ValueError(f"act_threshold_fraction must be in [0, 1), got {self.act_threshold_fraction}")
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "JudgeConfig":
+    def from_env(cls, **overrides: Any) -> JudgeConfig:
         """Base URL, model and key from ``MSAE_JUDGE_BASE_URL``, ``MSAE_JUDGE_MODEL`` and
         ``MSAE_JUDGE_API_KEY`` (else ``OPENAI_API_KEY``); unset means not configured."""
         values = {
@@ -415,11 +416,11 @@ def autointerp_scores(token_strings: Sequence[Sequence[str]], acts: torch.Tensor
     if len(errors) == len(per_latent):
         raise JudgeError(f"every judge call failed; the first: {per_latent[errors[0]]['error']}")
     if errors:
-        warnings.warn(f"autointerp: the judge failed on {len(errors)} latents ({errors[:5]}...); they are left out")
+        warnings.warn(f"autointerp: the judge failed on {len(errors)} latents ({errors[:5]}...); they are left out", stacklevel=2)
     malformed = [lat for lat, r in per_latent.items() if r.get("malformed")]
     if malformed:
         warnings.warn(f"autointerp: {len(malformed)} detection answers were not a list of examples "
-                      f"(latents {malformed[:5]}); each is scored 0")
+                      f"(latents {malformed[:5]}); each is scored 0", stacklevel=2)
     scores = torch.tensor([r["score"] for r in per_latent.values() if "error" not in r], dtype=torch.float64)
     return {
         "score": float(scores.mean()),

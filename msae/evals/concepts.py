@@ -18,7 +18,8 @@ never needs more than a chunk of the firing matrix in memory.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 

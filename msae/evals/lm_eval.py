@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import metrics
 from ..data.activations import CorpusConfig, iter_contexts, iter_documents, keep_mask
 from ..data.models import check_hook_name
+from . import metrics
 
 
 @dataclass

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .metrics import unit_rows, variance_explained
-from ..saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from ..data.sources import EpochShuffledRows
+from ..saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from ..training.loop import TrainConfig, train
+from .metrics import unit_rows, variance_explained
 
 
 class DecoderRows(EpochShuffledRows):

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import probing
 from ..data.story_vocab import PROFESSION_GROUPS
+from . import probing
 
 GROUP_OF_PROFESSION = {p: group for group, professions in PROFESSION_GROUPS.items() for p in professions}
 

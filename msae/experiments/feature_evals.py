@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ..evals import absorption, autointerp, concepts, meta_sae, probe_tasks
 from ..data import story_activations
+from ..evals import absorption, autointerp, concepts, meta_sae, probe_tasks
 from ..files import write_json
 from ..io import load_sae
 
@@ -60,30 +60,17 @@ class EvalConfig:
             raise ValueError(f"concept_stories must be in 1..n_stories={self.n_stories}, got {self.concept_stories}")
 
 
-EVAL_PROFILES = {
-    "paper": EvalConfig(letter_max_words=None, probe_source="saebench", meta_sae_steps=3000),
-    "default": EvalConfig(),
-    "smoke": EvalConfig(letter_max_words=400, n_stories=240, concept_stories=60, meta_sae_steps=60,
-                        meta_sae_batch_size=256, autointerp_latents=5),
-}
-
-
-def eval_config(profile: str, **overrides: Any) -> EvalConfig:
-    if profile not in EVAL_PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(EVAL_PROFILES)}")
-    return replace(EVAL_PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
-
-
 def open_evaluator(profile: str, corpus: str | None, runs_dir: str | Path, cache_dir: str | Path, progress: bool = True,
                    judge: autointerp.JudgeConfig | None = None, studies=(), study_config=None):
     """What every evaluation notebook starts with: the profile's sweep (run or reused, with any
     ``studies``) and an evaluator over its SAEs. Returns ``(results, evaluator)``."""
     from ..data.activations import corpus_from_spec
-    from .sweep import run_sweep, sweep_config
+    from . import profiles  # which imports this module
+    from .sweep import run_sweep
 
-    config = sweep_config(profile, corpus=corpus_from_spec(corpus))
+    config = profiles.sweep_config(profile, corpus=corpus_from_spec(corpus))
     results = run_sweep(config, runs_dir, cache_dir, progress=progress, studies=studies, study_config=study_config)
-    evaluator = FeatureEvaluator(results, eval_config(profile), Path(runs_dir) / "eval_data", progress, judge)
+    evaluator = FeatureEvaluator(results, profiles.eval_config(profile), Path(runs_dir) / "eval_data", progress, judge)
     return results, evaluator
 
 

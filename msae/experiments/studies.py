@@ -8,7 +8,7 @@
 Each study is a dict ``name -> SAE fields`` (with an ``architecture`` key, see
 ``msae.architectures``) that ``msae.sweep.run_sweep(..., studies=[...])`` trains and evaluates
 into the sweep's folder and ``results.json``, beside the main SAEs. The study sizes of each
-profile are in ``STUDIES``; they do not enter the sweep's folder name, so adding a study never
+profile are in ``msae.experiments.profiles``; they do not enter the sweep's folder name, so adding a study never
 retrains the main sweep.
 
 Names: ``{architecture}_k{l0}`` for baselines (like the main sweep's), ``{architecture}_d{width}_k{l0}``
@@ -56,15 +56,6 @@ class StudyConfig:
         unknown = sorted(set(self.ablation_arms) - set(ABLATION_ARMS))
         if unknown:
             raise ValueError(f"unknown ablation arms {unknown}; known: {sorted(ABLATION_ARMS)}")
-
-
-STUDIES = {
-    "paper": StudyConfig(widths=[4096, 16384], width_k_values=[40, 80, 160], ablation_k_values=[20, 40, 80, 160, 320]),
-    # default: the studies take about 2.5 hours on two CPU cores (README); the baselines skip the sweep's L0 10
-    "default": StudyConfig(baseline_k_values=[20, 40, 80], widths=[576, 1152], width_k_values=[40],
-                           ablation_k_values=[20, 40, 80]),
-    "smoke": StudyConfig(widths=[128], width_k_values=[8], ablation_k_values=[8]),
-}
 
 
 def matryoshka_fields(sweep, d_sae: int, k: int, **changes: Any) -> dict[str, Any]:

@@ -5,35 +5,29 @@ L0s on one activation stream, plus BatchTopK SAEs as wide as each Matryoshka pre
 model, collects the activations once, trains every SAE (each on the same batches in the same
 order, each resumable), evaluates them on held-out text and writes ``results.json``.
 
-Profiles (``sweep_config(profile)``):
-
-- ``paper``: Gemma-2-2B, ``blocks.12.hook_resid_post``, The Pile, 65k latents, L0 20..320,
-  500M tokens, evaluation on OpenWebText (SAEBench). Needs a GPU and the Hugging Face hub.
-- ``default``: SmolLM2-135M-Instruct, ``blocks.15.hook_resid_post`` of 30, the generated story
-  corpus, 2304 latents (4x), L0 10..80, 600k cached tokens seen 2.5 times. Sized so that
-  ``make reproduce`` fits in about an hour on 2 CPU cores: a reduced-scale stand-in, not the paper.
-- ``smoke``: the default pipeline at toy sizes, for the tests.
+Its profiles (``paper``, ``default``, ``smoke``) are in ``msae.experiments.profiles``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..data.activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
-from ..files import write_json
 from ..data.models import load_model
 from ..evals.lm_eval import build_eval_set, evaluate_sae
-from .report import format_table
+from ..files import write_json
 from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from ..saes.registry import build_sae
-from .studies import StudyConfig, study_configs
 from ..training.loop import TrainConfig, train_many
+from .report import format_table
+from .studies import StudyConfig, study_configs
 
 
 @dataclass
@@ -87,73 +81,6 @@ class SweepConfig:
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, decay_fraction=self.decay_fraction,
             device=self.device, checkpoint_every=max(1, self.steps // 10), log_every=max(1, self.steps // 100),
         )
-
-
-STORIES = CorpusConfig(source="stories", n_documents=20_000, seed=0)
-HELD_OUT_STORIES = CorpusConfig(source="stories", n_documents=2_000, seed=1)
-
-PROFILES = {
-    "paper": SweepConfig(
-        model_name="gemma-2-2b",
-        hook_name="blocks.12.hook_resid_post",
-        corpus=CorpusConfig(source="hf", path="monology/pile-uncopyrighted", n_documents=10**9),
-        eval_corpus=CorpusConfig(source="hf", path="Skylion007/openwebtext", n_documents=10**6),
-        d_sae=65536,
-        k_values=[20, 40, 80, 160, 320],
-        matched_k=40,
-        n_tokens=500_000_000,
-        steps=500_000_000 // 2048,
-        batch_size=2048,
-        context_size=1024,
-        eval_context_size=128,
-        eval_contexts=512,
-        storage="live",
-        device="cuda",
-        needs_gpu=True,
-    ),
-    "default": SweepConfig(
-        model_name="smollm2-135m-instruct",
-        hook_name="blocks.15.hook_resid_post",
-        corpus=STORIES,
-        eval_corpus=HELD_OUT_STORIES,
-        d_sae=2304,
-        k_values=[10, 20, 40, 80],
-        matched_k=40,
-        n_tokens=600_000,
-        steps=1500,
-        batch_size=1024,
-        warmup_steps=150,
-        dead_after_tokens=200_000,
-        threshold_start_step=300,
-        threshold_beta=0.99,
-        eval_contexts=64,
-    ),
-    "smoke": SweepConfig(
-        model_name="smollm2-135m-instruct",
-        hook_name="blocks.15.hook_resid_post",
-        corpus=replace(STORIES, n_documents=400),
-        eval_corpus=replace(HELD_OUT_STORIES, n_documents=100),
-        d_sae=256,
-        k_values=[8, 16],
-        matched_k=16,
-        n_tokens=12_000,
-        steps=60,
-        batch_size=256,
-        context_size=128,
-        warmup_steps=10,
-        dead_after_tokens=5_000,
-        threshold_start_step=20,
-        threshold_beta=0.9,
-        eval_contexts=8,
-    ),
-}
-
-
-def sweep_config(profile: str, **overrides: Any) -> SweepConfig:
-    """The config of ``profile`` with ``overrides`` (``None`` values are ignored)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    return replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def check_device(config: SweepConfig) -> None:

@@ -1,26 +1,26 @@
 """The toy-model experiment (paper Figs 2, 3, 11): a vanilla and a Matryoshka L1 SAE trained
 on hierarchical toy data, then matched to the true features.
 
-Profiles: ``paper`` and ``default`` are the paper's setup (it is cheap enough for a CPU);
-``smoke`` is a short run that exercises the same code in seconds.
+Its profiles are in ``msae.experiments.profiles``: ``paper`` and ``default`` are the paper's
+setup (cheap enough for a CPU); ``smoke`` exercises the same code in seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from ..data.toy import FeatureTree, ToyData, load_tree
 from ..evals import metrics
 from ..saes.base import SparseAutoencoder
-from ..saes.l1 import L1Config, L1SAE
-from .report import format_table
-from ..data.toy import FeatureTree, ToyData, load_tree
+from ..saes.l1 import L1SAE, L1Config
 from ..training.loop import TrainConfig, train
+from .report import format_table
 
 
 @dataclass
@@ -44,20 +44,7 @@ class ToyExperimentConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-PROFILES = {
-    "paper": ToyExperimentConfig(),
-    "default": ToyExperimentConfig(),
-    "smoke": ToyExperimentConfig(steps=1500, warmup_steps=50, eval_samples=4000),
-}
-
 SAE_KINDS = ("vanilla", "matryoshka")
-
-
-def toy_config(profile: str, **overrides: Any) -> ToyExperimentConfig:
-    """The config of ``profile`` with ``overrides`` (``None`` values are ignored)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    return replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def make_data(config: ToyExperimentConfig) -> ToyData:

@@ -107,7 +107,7 @@ def general_latent_examples(study: dict, max_tokens: int = 28) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(16, 0.45 * len(rows) + 0.6 * len(examples)), layout="constrained")
     ax.set_axis_off()
     y = 0.0
-    for i, example in enumerate(examples):
+    for example in examples:
         tokens = example["tokens"][:max_tokens]
         concept = example["concept"][:max_tokens]
         for label in labels:

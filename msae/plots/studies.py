@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from ..saes import registry
 from ..experiments.studies import StudyConfig, scaling_name
 from ..experiments.sweep import SweepResults
+from ..saes import registry
 from .lm import ARCHITECTURES as MAIN_ARCHITECTURES
 
 # (label, colour, marker) per registry name; BatchTopK and Matryoshka as in the other figures.

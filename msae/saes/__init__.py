@@ -23,10 +23,10 @@ and saved by ``msae.io`` in the SAELens layout under the architecture named by `
 """
 
 from .base import UnitNormSAE
-from .penalty import steer_towards_l0
 from .gated import GatedConfig, GatedSAE
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, firing_count, jump_relu
 from .p_anneal import PAnnealConfig, PAnnealSAE
+from .penalty import steer_towards_l0
 from .relu_l1 import ReLUL1Config, ReLUL1SAE
 from .topk import TopKConfig, TopKSAE, per_token_top_k
 

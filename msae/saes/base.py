@@ -13,7 +13,6 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-
 # The SAELens architectures msae writes and reads (the "architecture" of a cfg.json).
 SAELensArchitecture = Literal["standard", "jumprelu", "topk", "gated"]
 

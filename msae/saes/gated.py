@@ -18,11 +18,12 @@ authors advise when the auxiliary decoder is frozen) is 1 in practice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .base import StepOutput, UnitNormSAE, check_dimensions
 from ..kernels.sparse import decode_sparse, encode_sparse_grad
+from .base import StepOutput, UnitNormSAE, check_dimensions
 from .penalty import check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
 from ..kernels.sparse import decode_sparse
+from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
 from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 

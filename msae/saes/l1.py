@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .base import SparseAutoencoder, StepOutput, check_dimensions
 from ..kernels.prefix_mse import cumulative_prefix_mse
+from .base import SparseAutoencoder, StepOutput, check_dimensions
 from .prefixes import sample_prefix_ends
 
 

@@ -17,15 +17,15 @@ faster when k is small against d_sae. ``kernels="auto"`` picks by size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from .auxk import AuxKMixin
-from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
 from ..kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
 from ..kernels.sparse import batch_top_k, batch_top_k_active, selected_pre_activations
+from .auxk import AuxKMixin
+from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
 from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
 
 

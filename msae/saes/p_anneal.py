@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import StepOutput, UnitNormSAE, check_dimensions
 from ..kernels.sparse import decode_sparse
+from .base import StepOutput, UnitNormSAE, check_dimensions
 from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 

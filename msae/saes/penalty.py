@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .base import SparseAutoencoder
 from ..kernels.sparse import encode_sparse_grad
+from .base import SparseAutoencoder
 
 
 def training_pre_activations(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:

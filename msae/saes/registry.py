@@ -18,11 +18,11 @@ from typing import Any, Literal
 from .base import SparseAutoencoder
 from .gated import GatedConfig, GatedSAE
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
+from .matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from .p_anneal import PAnnealConfig, PAnnealSAE
+from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
 from .relu_l1 import ReLUL1Config, ReLUL1SAE
 from .topk import TopKConfig, TopKSAE
-from .prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions
-from .matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 
 # Fields a sweep passes to every architecture; one whose config lacks them drops them
 # (e.g. BatchTopK's inference-threshold settings mean nothing to a Gated SAE).

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import DeadLatentCounter, StepOutput
-from .l1 import L1Config, L1SAE
 from ..kernels.sparse import decode_sparse
+from .base import DeadLatentCounter, StepOutput
+from .l1 import L1SAE, L1Config
 from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_steps
 
 

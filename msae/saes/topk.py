@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from .auxk import AuxKMixin
-from .base import StepOutput, UnitNormSAE, check_dimensions
 from ..kernels.prefix_mse import sparse_cumulative_prefix_mse
 from ..kernels.sparse import ActiveLatents, selected_pre_activations
+from .auxk import AuxKMixin
+from .base import StepOutput, UnitNormSAE, check_dimensions
 
 
 @dataclass

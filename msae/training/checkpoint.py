@@ -8,14 +8,12 @@ scale, the step and the run's config (to refuse a checkpoint of a different run)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..files import json_default, atomic_write
+from ..files import atomic_write, json_default
 
 FORMAT = "msae-checkpoint-1"
 

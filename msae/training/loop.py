@@ -30,10 +30,10 @@ import torch
 from tqdm import tqdm
 
 from ..data.sources import DataSource
-from ..saes.base import SparseAutoencoder
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..files import write_json
 from ..io import save_sae
+from ..saes.base import SparseAutoencoder
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -11,9 +11,9 @@ import torch
 from sae_lens import SAE
 
 import msae
-from msae.saes.registry import ARCHITECTURES, build_sae
-from msae.saes.l1 import L1Config, L1SAE
+from msae.saes.l1 import L1SAE, L1Config
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE
+from msae.saes.registry import ARCHITECTURES, build_sae
 
 # SAELens's Gated SAE multiplies W_enc by exp(r_mag) before the product, ours after it: the same
 # map, rounded differently, so float32 outputs of size ~10 may differ in the last few bits.
