@@ -18,6 +18,7 @@ can stand for that rest explicitly, as in the original file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class FeatureTree:
         self.group_members: list[list[int]] = []
         self.feature_names: list[str] = []
         self.parent_feature: list[int] = []
+        self.node_path: list[str] = []  # where each node sits in the JSON ("root.children[0]"), for messages
         self._add(root, parent=-1, group=-1, feature_ancestor=-1, path="root")
         self.n_features = len(self.feature_names)
         if self.n_features == 0:
@@ -139,6 +141,7 @@ class FeatureTree:
         if not 0.0 <= node.active_prob <= 1.0:
             raise ValueError(f"active_prob at {path} must be in [0, 1], got {node.active_prob}")
         index = len(self.node_prob)
+        self.node_path.append(path)
         self.node_prob.append(node.active_prob)
         self.node_parent.append(parent)
         self.node_group.append(group)
@@ -181,6 +184,35 @@ class FeatureTree:
         marginal = self.node_marginals()
         readout = [n for n in range(self.n_nodes) if self.node_feature[n] >= 0]
         return marginal[readout]
+
+    def parent_alone_probabilities(self) -> dict[int, tuple[float, float]]:
+        """For each feature that has child features (:attr:`parent_feature`): ``{feature: (P(it
+        fires with none of its child features), P(it fires with at least one))}``, exactly.
+
+        Bottom-up over the nodes, ``quiet[n]`` = P(no read-out node below n, up to the first
+        read-out one on each branch, fires | n fires); a child c breaks the quiet with chance
+        p_c if it is read out, p_c * (1 - quiet[c]) if not. Independent children multiply the
+        chances of staying quiet; exclusive ones are disjoint events, so their chances add.
+        """
+        children: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for n, parent in enumerate(self.node_parent):
+            if parent >= 0:
+                children[parent].append(n)
+        exclusive = set(self.group_parent)
+        quiet = [1.0] * self.n_nodes
+        for n in reversed(range(self.n_nodes)):  # pre-order: children come after their parent
+            breaks = [self.node_prob[c] * (1.0 if self.node_feature[c] >= 0 else 1.0 - quiet[c]) for c in children[n]]
+            if n in exclusive:
+                quiet[n] = max(0.0, 1.0 - sum(breaks))
+            else:
+                quiet[n] = math.prod(1.0 - b for b in breaks)
+        marginal = self.node_marginals().tolist()
+        node_of_feature = {f: n for n, f in enumerate(self.node_feature) if f >= 0}
+        out = {}
+        for feature in sorted(set(self.parent_feature) - {-1}):
+            n = node_of_feature[feature]
+            out[feature] = (marginal[n] * quiet[n], marginal[n] * (1.0 - quiet[n]))
+        return out
 
     def expected_l0(self) -> float:
         """Mean number of active features per sample."""

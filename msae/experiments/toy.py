@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..data.toy import FeatureTree, ToyData, load_tree
+from ..data.toy import FeatureNode, FeatureTree, ToyData, load_tree
 from ..evals import metrics
 from ..saes.base import SparseAutoencoder
 from ..saes.l1 import L1SAE, L1Config
@@ -25,26 +25,100 @@ from .report import format_table
 
 @dataclass
 class ToyExperimentConfig:
-    tree: str | dict = "paper"  # a name in msae.toy.NAMED_TREES, a JSON path, or a tree dict
-    d_model: int | None = None  # None: one dimension per feature
+    """The toy experiment: the tree, the SAEs' training and the evaluation (profiles in
+    ``msae.experiments.profiles``; the defaults are the paper's setup).
+
+    Attributes:
+        tree: a name in ``msae.data.toy.NAMED_TREES``, the path of a JSON tree, or a tree dict.
+        d_model: the input dimension; None: one dimension per feature.
+        steps: training steps of each SAE.
+        batch_size: samples per batch.
+        lr: Adam's learning rate.
+        betas: Adam's betas.
+        warmup_steps: linear warm-up steps of the learning rate.
+        n_prefixes: prefixes the Matryoshka SAE samples per batch.
+        target_l0: the L0 the L1 coefficient steers to; None: the tree's expected L0.
+        l1_warmup_fraction: the fraction of steps over which the L1 penalty ramps up.
+        seed: the seed of the data and the SAEs (``run`` replaces it per seed).
+        eval_samples: fresh samples the SAEs are evaluated on.
+    """
+
+    tree: str | dict = "paper"
+    d_model: int | None = None
     steps: int = 40_000
     batch_size: int = 200
     lr: float = 3e-2
     betas: tuple[float, float] = (0.5, 0.9375)
     warmup_steps: int = 100
-    n_prefixes: int = 10  # sampled per batch by the Matryoshka SAE
-    target_l0: float | None = None  # None: the tree's expected L0
+    n_prefixes: int = 10
+    target_l0: float | None = None
     l1_warmup_fraction: float = 0.2
     seed: int = 0
     eval_samples: int = 20_000
 
     def run_name(self) -> str:
-        """A short stable hash of the config: changing any parameter gives a new run folder."""
-        text = json.dumps(asdict(self), sort_keys=True, default=list)
+        """A short stable hash of the config: changing any parameter, or the tree's content (a
+        JSON file edited in place included), gives a new run folder."""
+        fields = {**asdict(self), "tree": tree_key(self.tree)}
+        text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+# sha256 of the paper tree's content (sorted-key JSON of paper_tree().to_dict()) when run names
+# hashed the tree spec itself, i.e. the name "paper": that content keeps hashing as "paper", so
+# runs of the default tree made then are still found. Edit paper_tree() and this stops matching.
+_PAPER_TREE_SHA256 = "2cfb52212d1caa8ed707dea180bbd9d529230263a26d2399e5fc1e9eb08565fb"
+
+
+def tree_key(spec: str | dict | FeatureNode) -> str | dict:
+    """What a run name hashes for the tree: its parsed content, not its name or path, so the same
+    tree keys the same run however it is given and an edited file keys a new one."""
+    content = load_tree(spec).to_dict()
+    if hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest() == _PAPER_TREE_SHA256:
+        return "paper"
+    return content
+
+
 SAE_KINDS = ("vanilla", "matryoshka")
+
+
+# below this an event counts as impossible (the tolerance FeatureTree allows on probability sums)
+_IMPOSSIBLE = 1e-9
+
+
+def check_config(config: ToyExperimentConfig) -> None:
+    """Raise ``ValueError`` for a config whose run would fail only after training: checked before
+    any, so a bad tree costs nothing. The evaluation measures parent absorption, which needs every
+    parent feature to fire sometimes without its children and some to fire with one."""
+    tree = FeatureTree(load_tree(config.tree))  # bad probabilities, keys or sums > 1
+    if config.n_prefixes > tree.n_features:
+        raise ValueError(
+            f"n_prefixes={config.n_prefixes} but the tree has {tree.n_features} features: the SAEs have one "
+            f"latent per feature, so at most {tree.n_features} prefixes (lower n_prefixes or grow the tree)"
+        )
+    pairs = tree.parent_alone_probabilities()
+    if not pairs:
+        raise ValueError("the tree has no parent feature (a read-out node with read-out descendants): "
+                         "the toy experiment measures how children absorb their parents")
+    node_of_feature = {f: n for n, f in enumerate(tree.node_feature) if f >= 0}
+    for feature, (alone, _) in pairs.items():
+        if alone > _IMPOSSIBLE:
+            continue
+        node = node_of_feature[feature]
+        why = "its child features' active_prob leave it no chance to fire alone"
+        if node in tree.group_parent:
+            children = [c for c, parent in enumerate(tree.node_parent) if parent == node]
+            total = sum(tree.node_prob[c] for c in children)
+            why = (f"its mutually exclusive children's active_prob sum to {total:.4g}; keep the sum below 1, "
+                   "or add a child with is_read_out false for 'no child'")
+        raise ValueError(f"parent feature {tree.feature_names[feature]!r} at {tree.node_path[node]} never fires "
+                         f"without a child feature, so its absorption cannot be measured: {why}")
+    if all(together <= _IMPOSSIBLE for _, together in pairs.values()):
+        raise ValueError("no parent feature of the tree ever fires together with a child feature "
+                         "(their active_prob are 0), so absorption cannot be measured")
+    data = make_data(config)  # d_model too small for the features
+    for kind in SAE_KINDS:
+        make_sae(kind, config, data)  # the SAE configs' own checks, e.g. target_l0 <= d_sae
 
 
 def make_data(config: ToyExperimentConfig) -> ToyData:
@@ -92,6 +166,7 @@ def train_toy_saes(
     config: ToyExperimentConfig, runs_dir: str | Path, progress: bool = True
 ) -> dict[str, SparseAutoencoder]:
     """Train (or reload, if already trained) both SAEs under ``runs_dir/toy/<run name>/``."""
+    check_config(config)  # the Matryoshka SAE's config would otherwise fail after the vanilla one trained
     run_dir = Path(runs_dir) / "toy" / config.run_name()
     saes = {}
     for kind in SAE_KINDS:
@@ -102,12 +177,26 @@ def train_toy_saes(
 
 
 class ToyEvaluation(NamedTuple):
-    true_acts: torch.Tensor  # (N, n_features) 0/1
-    latent_acts: torch.Tensor  # (N, d_sae) activation times decoder-row norm: the term's size
-    x: torch.Tensor  # (N, d_model)
+    """One SAE matched to the true features on fresh samples.
+
+    Attributes:
+        true_acts: (N, n_features) which true features are active (0/1).
+        latent_acts: (N, d_sae) each latent's activation times its decoder-row norm: the size of its term.
+        x: (N, d_model) the samples.
+        matching: the assignment of latents to true features.
+        matched_cosine: (n_features,) cosine of each feature's matched decoder row with its direction.
+        decoder_cosine: (n_features, n_features) matched decoder rows against the true directions.
+        parent_absorption: the rate at which a parent's latent is silent while one of its children fires.
+        l0: mean active latents per sample.
+        variance_explained: of the samples by the SAE's reconstruction.
+    """
+
+    true_acts: torch.Tensor
+    latent_acts: torch.Tensor
+    x: torch.Tensor
     matching: metrics.Matching
-    matched_cosine: torch.Tensor  # (n_features,)
-    decoder_cosine: torch.Tensor  # (n_features, n_features): matched decoder rows x true features
+    matched_cosine: torch.Tensor
+    decoder_cosine: torch.Tensor
     parent_absorption: float
     l0: float
     variance_explained: float
@@ -149,6 +238,10 @@ def run(
     config: ToyExperimentConfig, seeds: list[int], runs_dir: str | Path, progress: bool = True
 ) -> dict[int, dict[str, ToyEvaluation]]:
     """Train (or reload) both SAEs for every seed and evaluate them: ``{seed: {kind: evaluation}}``."""
+    seeds = list(seeds)
+    if not seeds:  # the tables and plots of an empty result fail far from the cause
+        raise ValueError("seeds is empty: give at least one seed to train and evaluate")
+    check_config(config)  # before the first seed trains, not after
     evaluations = {}
     for seed in seeds:
         seeded = replace(config, seed=seed)
@@ -165,12 +258,17 @@ def median_seed(evaluations: dict[int, dict[str, ToyEvaluation]]) -> int:
     return ranked[(len(ranked) - 1) // 2]
 
 
+def mean_summary(evaluations: dict[int, dict[str, ToyEvaluation]], kind: str) -> dict[str, float]:
+    """The mean over seeds of each key number of :func:`summary`, for the SAE ``kind``."""
+    per_seed = [summary(evaluations[seed][kind]) for seed in evaluations]
+    return {c: sum(s[c] for s in per_seed) / len(per_seed) for c in per_seed[0]}
+
+
 def summary_table(evaluations: dict[int, dict[str, ToyEvaluation]]) -> str:
     """One line per (SAE, seed) and the mean over seeds."""
     rows = []
     for kind in SAE_KINDS:
-        per_seed = [{"sae": kind, "seed": seed, **summary(evaluations[seed][kind])} for seed in evaluations]
-        columns = list(summary(evaluations[next(iter(evaluations))][kind]))
-        mean = {c: sum(r[c] for r in per_seed) / len(per_seed) for c in columns}
-        rows += per_seed + [{"sae": kind, "seed": "mean", **mean}]
+        rows += [{"sae": kind, "seed": seed, **summary(evaluations[seed][kind])} for seed in evaluations]
+        rows.append({"sae": kind, "seed": "mean", **mean_summary(evaluations, kind)})
+    columns = list(summary(evaluations[next(iter(evaluations))][SAE_KINDS[0]]))
     return format_table(rows, ["sae", "seed", *columns])
