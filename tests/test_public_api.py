@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-PACKAGES = ("msae.saes", "msae.kernels", "msae.training", "msae.data", "msae.evals")
+PACKAGES = ("msae.saes", "msae.kernels", "msae.training", "msae.data", "msae.evals", "msae.experiments", "msae.plots")
 MODULES = ("msae.io", "msae.files")
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 
 from lm_helpers import tiny_model
 from msae.experiments import profiles, studies, sweep
+from msae.experiments.names import parse_sae_name
 from msae.io import load_sae
 from msae.plots import studies as study_plots
 from msae.saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
@@ -135,12 +136,18 @@ def fake_results(gen, config, names):
     metrics = {}
     for name in names:
         arch = next(a for a in sorted(ARCHITECTURES, key=len, reverse=True) if name.startswith(a + "_"))
-        target = int(name.rsplit("_k", 1)[1])
+        parsed = parse_sae_name(name)
         v = torch.rand(4, generator=gen).tolist()
-        metrics[name] = {"l0": target * (0.5 + v[0]), "variance_explained": v[1], "loss_recovered": v[2],
+        metrics[name] = {"l0": parsed.k * (0.5 + v[0]), "variance_explained": v[1], "loss_recovered": v[2],
                          "mean_max_cosine": v[3], "ce_sae": 3 + v[1], "ce_clean": 2.5,
-                         "config": {ARCHITECTURES[arch].l0_field: target}}
+                         "config": {ARCHITECTURES[arch].l0_field: parsed.k,
+                                    "d_sae": parsed.width or parsed.prefix_width or config.d_sae}}
     return sweep.SweepResults(None, config, metrics)
+
+
+def with_column(rows, column, values):
+    """``rows`` with one more column, from ``{sae name: value}`` (a feature metric)."""
+    return [{**r, column: values[r["sae"]]} if r["sae"] in values else r for r in rows]
 
 
 def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
@@ -151,7 +158,8 @@ def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
     names += ["topk_d64_k4"]  # topk lacks k8 at 64 and everything at 1024: only its sweep width counts
     results = fake_results(gen, config, names)
     absorption = {n: float(torch.rand((), generator=gen)) for n in names}
-    means = study_plots.width_means(results, study, ["variance_explained", "absorption"], {"absorption": absorption})
+    rows = with_column(results.rows(), "absorption", absorption)
+    means = study_plots.width_means(rows, study, ["variance_explained", "absorption"])
     m = results.metrics
     expected = (m["relu_d64_k4"]["variance_explained"] + m["relu_d64_k8"]["variance_explained"]) / 2
     assert means["relu"]["variance_explained"][0] == (64, pytest.approx(expected))
@@ -159,7 +167,7 @@ def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
     expected = (absorption["matryoshka_k4"] + absorption["matryoshka_k8"]) / 2
     assert means["matryoshka"]["absorption"][1] == (256, pytest.approx(expected))
     assert [w for w, _ in means["topk"]["variance_explained"]] == [256]
-    fig = study_plots.scaling_vs_width(results, study, {"absorption": absorption})
+    fig = study_plots.scaling_vs_width(rows, study, ["variance_explained", "loss_recovered", "mean_max_cosine", "absorption"])
     axes = fig.axes
     assert [ax.get_ylabel() for ax in axes] == ["variance explained", "loss recovered", "mean max decoder cosine", "absorption (first letter)"]
     relu_line = next(line for line in axes[3].lines if line.get_label() == "ReLU (L1)")
@@ -171,11 +179,11 @@ def test_fig5_and_the_l0_table_cover_every_architecture(gen):
     names = [f"{a}_k{k}" for a in ARCHITECTURES for k in (4, 8)]
     names += ["batchtopk_w8_k1", "matryoshka_stop_gradient_k4", "relu_d64_k4"]  # other studies: not in Fig 5
     results = fake_results(gen, config, names)
-    rows = study_plots.l0_reached(results)
+    rows = study_plots.by_architecture(results.rows_at_sweep_width())
     assert [r["sae"] for r in rows] == [f"{a}_k{k}" for a in ARCHITECTURES for k in (4, 8)]
     for r in rows:
-        assert r["target"] == int(r["sae"].rsplit("_k", 1)[1]) and r["l0"] == results.metrics[r["sae"]]["l0"]
-    fig = study_plots.all_architectures_vs_l0(results)
+        assert r["target_l0"] == int(r["sae"].rsplit("_k", 1)[1]) and r["l0"] == results.metrics[r["sae"]]["l0"]
+    fig = study_plots.all_architectures_vs_l0(results.rows_at_sweep_width())
     left, right = fig.axes
     labels = [line.get_label() for line in left.lines]
     assert labels == [study_plots.ARCHITECTURES[a][0] for a in ARCHITECTURES]
@@ -189,19 +197,19 @@ def test_ablation_rows_put_each_arm_beside_the_main_saes(gen):
     names = [f"{a}_k{k}" for a in ("matryoshka", "batchtopk") for k in (4, 8, 16)]
     names += [f"{arm}_k{k}" for arm in ("matryoshka_stop_gradient", "matryoshka_3groups") for k in (8, 4)]
     results = fake_results(gen, config, names)
-    rows = study_plots.ablation_rows(results)
-    assert list(rows) == ["Fig 17: stop-gradient", "Fig 18: number of groups"]  # only the arms run
-    assert rows["Fig 18: number of groups"] == {
+    grouped = study_plots.ablation_rows(results.rows_at_sweep_width())
+    assert list(grouped) == ["Fig 17: stop-gradient", "Fig 18: number of groups"]  # only the arms run
+    assert {label: [r["sae"] for r in arm_rows] for label, arm_rows in grouped["Fig 18: number of groups"].items()} == {
         "3 groups": ["matryoshka_3groups_k4", "matryoshka_3groups_k8"],
         study_plots.MAIN_MATRYOSHKA_LABEL: ["matryoshka_k4", "matryoshka_k8", "matryoshka_k16"],
         "BatchTopK": ["batchtopk_k4", "batchtopk_k8", "batchtopk_k16"],
     }
-    fig = study_plots.ablations_vs_l0(results)
+    fig = study_plots.ablations_vs_l0(results.rows_at_sweep_width())
     assert len(fig.axes) == 4 and [ax.get_ylabel() for ax in fig.axes[:2]] == ["variance explained", "loss recovered"]
     arm = next(line for line in fig.axes[1].lines if line.get_label() == "stop-gradient between groups")
     assert list(arm.get_ydata()) == [results.metrics[f"matryoshka_stop_gradient_k{k}"]["loss_recovered"] for k in (4, 8)]
     with pytest.raises(ValueError, match="no ablation arm"):
-        study_plots.ablations_vs_l0(fake_results(gen, config, ["matryoshka_k4"]))
+        study_plots.ablations_vs_l0(fake_results(gen, config, ["matryoshka_k4"]).rows())
 
 
 # --- end to end on a tiny model -------------------------------------------------------------------
@@ -251,7 +259,7 @@ def test_studies_land_in_the_sweeps_results_and_folder(tiny_sweep):
     assert [p["width"] for p in results.metrics["matryoshka_k4"]["prefixes"]] == [1, 3, 7, 15, 32]
     recorded = json.loads((results.folder / "studies.json").read_text())
     assert recorded["ablations"]["ablation_arms"] == TINY_STUDY.ablation_arms
-    assert [w for w, _ in study_plots.width_means(results, TINY_STUDY, ["l0"])["gated"]["l0"]] == [16, 32]
+    assert [w for w, _ in study_plots.width_means(results.rows(), TINY_STUDY, ["l0"])["gated"]["l0"]] == [16, 32]
 
 
 def test_running_the_studies_again_retrains_nothing(tiny_sweep, monkeypatch):

@@ -1,14 +1,14 @@
 """Per-text residual-stream activations, for the probing evaluations (sparse probing, SCR, TPP)
 and for looking at which tokens of a story a latent fires on.
 
-Unlike :mod:`msae.activations` (documents packed into contexts, for training), every text here
+Unlike :mod:`msae.data.activations` (documents packed into contexts, for training), every text here
 is its own row: tokenised alone, truncated to ``context_size`` and right-padded, as SAEBench
 does for its probing datasets. Per row we keep
 
 - ``tokens (N, ctx)`` and ``mask (N, ctx)``: the tokens that count, i.e. real tokens that are not
   special (BOS/EOS/PAD, as SAEBench masks them) and not among the first ``exclude_first``
   positions (without a BOS the first token is an attention sink with a huge norm, and the SAEs
-  never saw it in training: :func:`msae.activations.keep_mask` drops it too);
+  never saw it in training: :func:`msae.data.activations.keep_mask` drops it too);
 - ``resid (N, ctx, d_model)`` at the hook point, zero outside ``mask``;
 - ``token_concepts (N, ctx, n_concepts)``: which concept tags of the story's labelled spans
   cover each token (a token is tagged when its character span overlaps the tagged span), with

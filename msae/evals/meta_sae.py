@@ -8,8 +8,8 @@ Matryoshka paper uses a meta-SAE of width ``d_sae / 4`` with L0 = 4 and reports 
 of the decoder rows it explains: lower means the rows are more atomic (55% BatchTopK against
 42% Matryoshka at 65k latents).
 
-The meta-SAE is a one-group :class:`msae.sae.MatryoshkaBatchTopKSAE` (plain BatchTopK) trained
-by :func:`msae.train.train` on an in-memory stream of the rows, reshuffled every epoch.
+The meta-SAE is a one-group :class:`msae.saes.matryoshka.MatryoshkaBatchTopKSAE` (plain BatchTopK) trained
+by :func:`msae.training.loop.train` on an in-memory stream of the rows, reshuffled every epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .metrics import unit_rows, variance_explained
 
 
 class DecoderRows(EpochShuffledRows):
-    """A :class:`msae.train.DataSource` over a fixed (n_rows, d_in) matrix: batches of rows
+    """A :class:`msae.data.sources.DataSource` over a fixed (n_rows, d_in) matrix: batches of rows
     without replacement, in a fresh order each epoch (the ragged end of an epoch is dropped)."""
 
     def __init__(self, rows: torch.Tensor, batch_size: int, seed: int = 0):
@@ -80,7 +80,7 @@ def train_meta_sae(
 
     - ``variance_explained``: the headline number. Rows encoded with BatchTopK over *all*
       rows at once (exactly ``k * d_sae`` active entries, so the L0 is exactly ``k``), decoded,
-      and scored with :func:`msae.metrics.variance_explained`.
+      and scored with :func:`msae.evals.metrics.variance_explained`.
     - ``variance_explained_inference`` and ``l0_inference``: the same with the meta-SAE's
       inference encoder (its JumpReLU threshold), whose L0 is only close to ``k``.
     - ``width``, ``k``, ``n_rows``, ``d_in``, ``steps``, ``batch_size`` and the training

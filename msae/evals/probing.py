@@ -3,7 +3,7 @@
 
 Every function here is pure, on pooled tensors: per-text residual streams ``resid (n, d_model)``
 and SAE latents ``latents (n, d_sae)`` (each a mean over the text's kept tokens, from
-:func:`msae.story_activations.pooled_resid` and :func:`msae.story_activations.pooled`), labels
+:func:`msae.data.story_activations.pooled_resid` and :func:`msae.data.story_activations.pooled`), labels
 ``(n,)`` and the SAE's decoder ``W_dec (d_sae, d_model)``.
 
 Definitions (adamkarvonen/SAEBench, ``evals/sparse_probing`` and ``evals/scr_and_tpp``):

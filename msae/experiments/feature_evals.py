@@ -7,11 +7,11 @@ under ``<runs_dir>/eval_data``, and writes each SAE's result to
 
 Metrics (``METRICS``):
 
-- ``absorption``: first-letter absorption fraction and split latents (``msae.absorption``);
-- ``probing``: sparse probing, SCR and TPP (``msae.probing`` on ``msae.probe_tasks``);
-- ``meta_sae``: variance of the decoder rows a meta-SAE explains (``msae.meta_sae``);
-- ``concepts``: each latent's best F1 against the stories' labelled concepts (``msae.concepts``);
-- ``autointerp``: the LLM-judge detection score, when a judge is configured (``msae.autointerp``).
+- ``absorption``: first-letter absorption fraction and split latents (``msae.evals.absorption``);
+- ``probing``: sparse probing, SCR and TPP (``msae.evals.probing`` on ``msae.evals.probe_tasks``);
+- ``meta_sae``: variance of the decoder rows a meta-SAE explains (``msae.evals.meta_sae``);
+- ``concepts``: each latent's best F1 against the stories' labelled concepts (``msae.evals.concepts``);
+- ``autointerp``: the LLM-judge detection score, when a judge is configured (``msae.evals.autointerp``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -30,6 +30,7 @@ from ..data import story_activations
 from ..evals import absorption, autointerp, concepts, meta_sae, probe_tasks
 from ..files import write_json
 from ..io import load_sae
+from .names import parse_sae_name, sae_name
 
 METRICS = ("absorption", "probing", "meta_sae", "concepts", "autointerp")
 MIN_FIRES = 5  # a latent needs this many firing tokens for its concept F1 to count
@@ -41,13 +42,29 @@ SAEBENCH_PROBE_SOURCES = ("LabHC/bias_in_bios_class_set1", "canrager/amazon_revi
 
 @dataclass
 class EvalConfig:
-    letter_max_words: int | None = 2000  # a seeded sample of the letter-only vocabulary tokens; None: all
+    """The settings of the feature evaluations of one profile (``msae.experiments.profiles``).
+
+    Attributes:
+        letter_max_words: a seeded sample of this many letter-only vocabulary tokens for absorption; None: all.
+        letter_seed: the seed of that sample and of the letter probes' train/test split.
+        n_stories: stories for probing (train and test).
+        concept_stories: the first stories, whose tokens the concept F1 and Fig 4 use.
+        story_seed: the seed of the evaluation stories: neither the training corpus's (0) nor the held-out one's (1).
+        context_size: tokens per probing text (SAEBench's probing context).
+        probe_source: "stories" (the story labels, offline) or "saebench" (its HF datasets).
+        meta_sae_steps: training steps of each meta-SAE.
+        meta_sae_batch_size: decoder rows per meta-SAE batch.
+        autointerp_latents: latents the LLM judge scores per SAE.
+        seed: the seed of everything else drawn at random.
+    """
+
+    letter_max_words: int | None = 2000
     letter_seed: int = 0
-    n_stories: int = 1500  # stories for probing (train and test)
-    concept_stories: int = 400  # the first stories, whose tokens the concept F1 and Fig 4 use
-    story_seed: int = 2  # neither the training corpus (0) nor the held-out one (1)
-    context_size: int = 128  # SAEBench's probing context
-    probe_source: str = "stories"  # "stories" (offline) or "saebench" (its HF datasets)
+    n_stories: int = 1500
+    concept_stories: int = 400
+    story_seed: int = 2
+    context_size: int = 128
+    probe_source: Literal["stories", "saebench"] = "stories"
     meta_sae_steps: int = 800
     meta_sae_batch_size: int = 1024
     autointerp_latents: int = 100
@@ -58,6 +75,26 @@ class EvalConfig:
             raise ValueError(f"probe_source must be 'stories' or 'saebench', got {self.probe_source!r}")
         if not 0 < self.concept_stories <= self.n_stories:
             raise ValueError(f"concept_stories must be in 1..n_stories={self.n_stories}, got {self.concept_stories}")
+
+
+def flat_columns(metric: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The scalar columns one SAE's ``metric`` result adds to its row (:meth:`FeatureEvaluator.rows`)."""
+    if metric == "absorption":
+        return {"absorption": result["mean_absorption_fraction"], "full_absorption": result["mean_full_absorption_rate"],
+                "split_latents": result["mean_num_split_latents"], "letters_scored": result["n_letters_scored"]}
+    if metric == "probing":
+        summary = result["summary"]
+        return {**{f"sparse_probing_top{k}": v for k, v in summary["sparse_probing_top_k"].items()},
+                "sparse_probing_llm": summary["sparse_probing_llm"],
+                **{f"scr_{n}": v for n, v in summary["scr"].items()}, **{f"tpp_{n}": v for n, v in summary["tpp"].items()}}
+    if metric == "concepts":
+        return {"concept_f1": result["mean_f1"], "concept_f1_above": result["fraction_above"],
+                "concept_latents": result["n_alive"]}
+    if metric == "meta_sae":
+        return {"meta_sae_variance_explained": result["variance_explained"]}
+    if metric == "autointerp":
+        return {} if result.get("skipped") else {"autointerp_score": result["score"]}
+    raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
 
 
 def open_evaluator(profile: str, corpus: str | None, runs_dir: str | Path, cache_dir: str | Path, progress: bool = True,
@@ -79,19 +116,19 @@ def general_latent_saes(results, prefix: int = 1) -> dict[str, str]:
     prefix ``prefix`` of the Matryoshka SAE with ``matched_k`` (small), the full-width BatchTopK
     and Matryoshka SAEs with that k."""
     k, d_sae = results.config.matched_k, results.config.d_sae
-    width = results.metrics[f"matryoshka_k{k}"]["prefixes"][prefix]["width"]
-    small = next(n for n in results.metrics if n.startswith(f"batchtopk_w{width}_"))
-    return {f"BatchTopK, {width} latents": small, f"BatchTopK, {d_sae} latents": f"batchtopk_k{k}",
-            f"Matryoshka, {d_sae} latents": f"matryoshka_k{k}"}
+    width = results.metrics[sae_name("matryoshka", k)]["prefixes"][prefix]["width"]
+    small = next(n for n in results.metrics if parse_sae_name(n).prefix_width == width)
+    return {f"BatchTopK, {width} latents": small, f"BatchTopK, {d_sae} latents": sae_name("batchtopk", k),
+            f"Matryoshka, {d_sae} latents": sae_name("matryoshka", k)}
 
 
 class FeatureEvaluator:
-    """Evaluates the SAEs of one sweep (``msae.sweep.SweepResults``, which carries the model)."""
+    """Evaluates the SAEs of one sweep (``msae.experiments.sweep.SweepResults``, which carries the model)."""
 
     def __init__(self, results, config: EvalConfig, data_dir: str | Path, progress: bool = True,
                  judge: autointerp.JudgeConfig | None = None):
         if getattr(results, "model", None) is None:
-            raise ValueError("the sweep results carry no model: get them from msae.sweep.run_sweep")
+            raise ValueError("the sweep results carry no model: get them from msae.experiments.sweep.run_sweep")
         self.results, self.config, self.progress, self.judge = results, config, progress, judge
         self.model = results.model
         sweep = results.config
@@ -183,6 +220,15 @@ class FeatureEvaluator:
     def table(self, names: list[str], metric: str) -> dict[str, dict[str, Any]]:
         """``{name: result}`` of ``metric`` for each named SAE."""
         return {name: self.evaluate(name, metric) for name in names}
+
+    def rows(self, names: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+        """The sweep's rows of the named SAEs (``SweepResults.rows``) with the scalar columns of
+        each of ``metrics`` added (:func:`flat_columns`), as the plots take them."""
+        rows = self.results.rows(names)
+        for row in rows:
+            for metric in metrics:
+                row.update(flat_columns(metric, self.evaluate(row["sae"], metric)))
+        return rows
 
     def _absorption(self, sae) -> dict[str, Any]:
         data, probes = self.letters

@@ -6,13 +6,13 @@
   groups, random prefixes) at the sweep's width.
 
 Each study is a dict ``name -> SAE fields`` (with an ``architecture`` key, see
-``msae.architectures``) that ``msae.sweep.run_sweep(..., studies=[...])`` trains and evaluates
+``msae.saes.registry``) that ``msae.experiments.sweep.run_sweep(..., studies=[...])`` trains and evaluates
 into the sweep's folder and ``results.json``, beside the main SAEs. The study sizes of each
 profile are in ``msae.experiments.profiles``; they do not enter the sweep's folder name, so adding a study never
 retrains the main sweep.
 
-Names: ``{architecture}_k{l0}`` for baselines (like the main sweep's), ``{architecture}_d{width}_k{l0}``
-for other widths, ``{arm}_k{l0}`` for ablation arms.
+Names (``msae.experiments.names``): ``{architecture}_k{l0}`` for baselines (like the main
+sweep's), ``{architecture}_d{width}_k{l0}`` for other widths, ``{arm}_k{l0}`` for ablation arms.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..saes.prefixes import group_sizes_from_fractions, validate_group_sizes
+from .names import sae_name
 
 # Penalty-based and per-token architectures the paper compares against (Table 1), by registry name.
 BASELINES = ["relu", "topk", "gated", "jumprelu", "p_anneal"]
@@ -44,11 +45,23 @@ ABLATION_ARMS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class StudyConfig:
+    """The sizes of the studies trained beside a sweep (one per profile, ``msae.experiments.profiles``).
+
+    Attributes:
+        baselines: the baseline architectures (registry names) of the ``baselines`` study.
+        baseline_k_values: the L0s they are trained at; None: the sweep's k values.
+        widths: the ``scaling`` study's widths (Fig 10), besides the sweep's own d_sae.
+        width_architectures: the architectures trained at each of those widths.
+        width_k_values: the middle L0s Fig 10 averages over, at each width.
+        ablation_arms: the Matryoshka variants of the ``ablations`` study (``ABLATION_ARMS``).
+        ablation_k_values: the L0s each arm is trained at.
+    """
+
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    baseline_k_values: list[int] | None = None  # None: the sweep's k values
-    widths: list[int] = field(default_factory=list)  # Fig 10, besides the sweep's d_sae
+    baseline_k_values: list[int] | None = None
+    widths: list[int] = field(default_factory=list)
     width_architectures: list[str] = field(default_factory=lambda: ["batchtopk", "matryoshka", *BASELINES])
-    width_k_values: list[int] = field(default_factory=list)  # the middle L0s the figure averages
+    width_k_values: list[int] = field(default_factory=list)
     ablation_arms: list[str] = field(default_factory=lambda: list(ABLATION_ARMS))
     ablation_k_values: list[int] = field(default_factory=list)
 
@@ -92,25 +105,25 @@ def architecture_fields(sweep, architecture: str, d_sae: int, k: int) -> dict[st
 
 
 def baseline_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
-    return {f"{arch}_k{k}": architecture_fields(sweep, arch, sweep.d_sae, k)
+    return {sae_name(arch, k): architecture_fields(sweep, arch, sweep.d_sae, k)
             for k in (study.baseline_k_values or sweep.k_values) for arch in study.baselines}
 
 
 def scaling_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
     """The widths other than the sweep's own (whose SAEs the main sweep and baselines hold)."""
-    return {f"{arch}_d{width}_k{k}": architecture_fields(sweep, arch, width, k)
+    return {sae_name(arch, k, width=width): architecture_fields(sweep, arch, width, k)
             for width in study.widths if width != sweep.d_sae
             for k in study.width_k_values for arch in study.width_architectures}
 
 
 def ablation_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
-    return {f"{arm}_k{k}": matryoshka_fields(sweep, sweep.d_sae, k, **ABLATION_ARMS[arm])
+    return {sae_name(arm, k): matryoshka_fields(sweep, sweep.d_sae, k, **ABLATION_ARMS[arm])
             for k in study.ablation_k_values for arm in study.ablation_arms}
 
 
 def scaling_name(sweep, architecture: str, width: int, k: int) -> str:
     """The SAE of ``architecture`` at ``width`` and ``k``: from the main sweep or a study."""
-    return f"{architecture}_k{k}" if width == sweep.d_sae else f"{architecture}_d{width}_k{k}"
+    return sae_name(architecture, k, width=None if width == sweep.d_sae else width)
 
 
 STUDY_CONFIGS = {"baselines": baseline_configs, "scaling": scaling_configs, "ablations": ablation_configs}

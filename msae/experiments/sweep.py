@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -26,20 +26,54 @@ from ..files import write_json
 from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from ..saes.registry import build_sae
 from ..training.loop import TrainConfig, train_many
+from .names import parse_sae_name, sae_name
 from .report import format_table
 from .studies import StudyConfig, study_configs
 
 
 @dataclass
 class SweepConfig:
+    """One language-model sweep: the model and text, the SAEs, their training and evaluation
+    (the profiles' values are in ``msae.experiments.profiles``).
+
+    Attributes:
+        model_name: the language model (``msae.data.models``), e.g. "smollm2-135m-instruct", "gemma-2-2b".
+        hook_name: the transformer-lens hook whose activations the SAEs read.
+        corpus: the training text.
+        eval_corpus: the held-out text the SAEs are evaluated on.
+        d_sae: the SAEs' width.
+        k_values: the L0s of the main sweep (one BatchTopK and one Matryoshka SAE each).
+        matched_k: Fig 13 matches the prefixes of the Matryoshka SAE with this k.
+        n_tokens: activations collected (``storage="disk"``) or streamed.
+        steps: training steps of every SAE.
+        batch_size: tokens per training batch.
+        context_size: tokens per training context.
+        eval_context_size: tokens per evaluation context.
+        eval_contexts: evaluation contexts.
+        group_fractions: the Matryoshka groups, as fractions of d_sae.
+        lr: the peak learning rate.
+        warmup_steps: linear warm-up steps of the learning rate.
+        decay_fraction: the final fraction of steps over which the learning rate decays.
+        dead_after_tokens: a latent silent for this many tokens counts as dead (AuxK).
+        threshold_start_step: the step from which the inference threshold is estimated.
+        threshold_beta: the EMA factor of that estimate; shorter runs need a faster one to settle.
+        exclude_first: tokens at the start of each context left out (the attention sink).
+        prepend_bos: whether each context starts with the BOS token.
+        storage: "disk": collect the activations once and reuse them; "live": compute them into a shuffled buffer.
+        buffer_tokens: the size of that buffer (live storage only).
+        device: where the SAEs train ("cpu", "cuda").
+        needs_gpu: refuse to start without a CUDA GPU.
+        seed: the seed of the SAEs' initialisation and the batch order.
+    """
+
     model_name: str
     hook_name: str
     corpus: CorpusConfig
     eval_corpus: CorpusConfig
     d_sae: int
     k_values: list[int]
-    matched_k: int  # Fig 13 matches the prefixes of the Matryoshka SAE with this k
-    n_tokens: int  # activations collected
+    matched_k: int
+    n_tokens: int
     steps: int
     batch_size: int
     context_size: int = 256
@@ -51,11 +85,11 @@ class SweepConfig:
     decay_fraction: float = 0.2
     dead_after_tokens: int = 10_000_000
     threshold_start_step: int = 1000
-    threshold_beta: float = 0.999  # shorter runs need a faster EMA to settle
+    threshold_beta: float = 0.999
     exclude_first: int = 1
     prepend_bos: bool = False
-    storage: str = "disk"  # "disk": collect once and reuse; "live": compute into a shuffled buffer
-    buffer_tokens: int = 250_000  # live storage only
+    storage: Literal["disk", "live"] = "disk"
+    buffer_tokens: int = 250_000
     device: str = "cpu"
     needs_gpu: bool = False
     seed: int = 0
@@ -102,13 +136,14 @@ def sae_configs(config: SweepConfig) -> dict[str, dict[str, Any]]:
     )
     configs = {}
     for k in config.k_values:
-        configs[f"batchtopk_k{k}"] = dict(shared, k=k)
-        configs[f"matryoshka_k{k}"] = dict(shared, k=k, group_sizes=groups)
+        configs[sae_name("batchtopk", k)] = dict(shared, k=k)
+        configs[sae_name("matryoshka", k)] = dict(shared, k=k, group_sizes=groups)
     return configs
 
 
 class SweepResults:
-    """``metrics[name]`` for every SAE of the sweep, and where each one lives."""
+    """``metrics[name]`` for every SAE of the sweep (names: ``msae.experiments.names``), and
+    where each one lives. :meth:`rows` gives them flat, one record per SAE, as the plots take them."""
 
     def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict], model=None):
         self.folder, self.config, self.metrics = folder, config, metrics
@@ -119,25 +154,72 @@ class SweepResults:
 
     def names(self, architecture: str) -> list[str]:
         """Main-sweep SAEs of one architecture, by increasing k."""
-        return [f"{architecture}_k{k}" for k in self.config.k_values]
+        return [sae_name(architecture, k) for k in self.config.k_values]
+
+    def rows(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One flat record per SAE (all of them, or ``names`` in that order): ``sae``, the parts
+        of its name (``architecture``, ``k``, ``width``: its number of latents, ``prefix_width``),
+        ``target_l0`` (the ``k`` or ``target_l0`` it was configured with) and every scalar metric
+        (``l0``, ``variance_explained``, ``ce_sae``, ``loss_recovered``, ...)."""
+        rows = []
+        for name in self.metrics if names is None else names:
+            metrics, parsed = self.metrics[name], parse_sae_name(name)
+            config = metrics["config"]
+            rows.append({
+                "sae": name, "architecture": parsed.architecture, "k": parsed.k, "width": config["d_sae"],
+                "prefix_width": parsed.prefix_width, "target_l0": float(config.get("k", config.get("target_l0"))),
+                **{key: value for key, value in metrics.items() if isinstance(value, (int, float))},
+            })
+        return rows
+
+    def rows_at_sweep_width(self) -> list[dict[str, Any]]:
+        """:meth:`rows` of the SAEs at the sweep's width, less the prefix-matched BatchTopK ones:
+        the main sweep, the baselines and the ablation arms (Fig 5, Figs 16-19)."""
+        return self.rows([n for n in self.metrics if (p := parse_sae_name(n)).width is None and p.prefix_width is None])
+
+    def latent_rows(self, name: str) -> list[dict[str, Any]]:
+        """One record per latent of SAE ``name`` (Fig 12): ``latent``, ``frequency`` (its firing
+        frequency on the evaluation tokens) and ``group`` (its Matryoshka group, 1-based; 1 for
+        an SAE without prefixes)."""
+        metrics = self.metrics[name]
+        ends = [p["width"] for p in metrics.get("prefixes", [])] + [len(metrics["frequency"])]
+        group = 1
+        rows = []
+        for latent, frequency in enumerate(metrics["frequency"]):
+            while latent >= ends[group - 1]:
+                group += 1
+            rows.append({"latent": latent, "frequency": frequency, "group": group})
+        return rows
+
+    def prefix_rows(self, k: int) -> list[dict[str, Any]]:
+        """Fig 13: for each prefix of the Matryoshka SAE with this k (the last is the whole SAE),
+        its metrics (``source`` "matryoshka prefix") and those of the BatchTopK SAE of that width
+        trained at the prefix's L0 (``source`` "batchtopk"); ``width`` is the prefix's."""
+        rows = []
+        for prefix in self.metrics[sae_name("matryoshka", k)]["prefixes"]:
+            rows.append({"source": "matryoshka prefix", **prefix})
+            matched = self.matched_batchtopk(prefix, k)
+            rows.append({"source": "batchtopk", "width": prefix["width"],
+                         **{key: v for key, v in matched.items() if isinstance(v, (int, float))}})
+        return rows
 
     def matched_batchtopk(self, prefix: dict, k: int) -> dict:
-        """Metrics of the BatchTopK SAE matched to a prefix of ``matryoshka_k{k}`` (Fig 13); the
-        full-width prefix is matched by the main sweep's BatchTopK SAE with the same k."""
+        """Metrics of the BatchTopK SAE matched to a prefix of the Matryoshka SAE with this k
+        (Fig 13); the full-width prefix is matched by the main sweep's BatchTopK SAE with the same k."""
         if prefix["width"] == self.config.d_sae:
-            return self.metrics[f"batchtopk_k{k}"]
-        return next(m for n, m in self.metrics.items() if n.startswith(f"batchtopk_w{prefix['width']}_"))
+            return self.metrics[sae_name("batchtopk", k)]
+        return next(m for n, m in self.metrics.items() if parse_sae_name(n).prefix_width == prefix["width"])
 
     def table(self, names: list[str], columns: list[str]) -> str:
         """Key numbers of the named SAEs, as text."""
-        return format_table([{"sae": name, **self.metrics[name]} for name in names], ["sae", *columns])
+        return format_table(self.rows(names), ["sae", *columns])
 
 
 def run_sweep(
     config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None,
     studies: Sequence[str] = (), study_config: StudyConfig | None = None,
 ) -> SweepResults:
-    """Run (or finish) the sweep, then the named ``studies`` (``msae.studies``: "baselines",
+    """Run (or finish) the sweep, then the named ``studies`` (``msae.experiments.studies``: "baselines",
     "scaling", "ablations") with the sizes of ``study_config``; ``model`` overrides loading
     ``config.model_name`` (tests pass small stand-ins of the same architecture)."""
     check_device(config)
@@ -184,11 +266,11 @@ def run_sweep(
 
     train_and_evaluate(sae_configs(config), "sweep")
     # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
-    reference = sae_configs(config)[f"batchtopk_k{config.matched_k}"]
+    reference = sae_configs(config)[sae_name("batchtopk", config.matched_k)]
     matched = {}
-    for prefix in metrics[f"matryoshka_k{config.matched_k}"]["prefixes"][:-1]:
+    for prefix in metrics[sae_name("matryoshka", config.matched_k)]["prefixes"][:-1]:
         k = max(1, round(prefix["l0"]))
-        matched[f"batchtopk_w{prefix['width']}_k{k}"] = dict(reference, d_sae=prefix["width"], k=k)
+        matched[sae_name("batchtopk", k, prefix_width=prefix["width"])] = dict(reference, d_sae=prefix["width"], k=k)
     train_and_evaluate(matched, "prefix-matched BatchTopK")
 
     if studies:

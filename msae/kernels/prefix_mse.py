@@ -125,9 +125,9 @@ def sparse_cumulative_prefix_mse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`cumulative_prefix_mse` for activations given as their non-zero entries.
 
-    ``acts[rows[e], cols[e]] = values[e]`` (row-major order, as ``msae.sparse.ActiveLatents``);
+    ``acts[rows[e], cols[e]] = values[e]`` (row-major order, as ``msae.kernels.sparse.ActiveLatents``);
     same results, differentiable in ``values``, ``W_dec`` and ``b_dec``. Each group's decode and
-    its backward touch only the active entries (``msae.sparse``), so the cost falls with k/d_sae.
+    its backward touch only the active entries (``msae.kernels.sparse``), so the cost falls with k/d_sae.
     """
     ends = _checked_ends(ends, W_dec.shape[0])
     return _SparseCumulativePrefixMSE.apply(rows, cols, values, W_dec, b_dec, x, ends, stop_gradient)

@@ -13,7 +13,7 @@ index, a column index and a weight):
 - ``sum_rows_by_col``:   out[c] = sum over entries in col c of  w * table[row]
 - ``sampled_dot``:       out[e] = left[row_e] . right[col_e]
 
-The dense path (``msae.prefix_mse.cumulative_prefix_mse`` on a dense ``acts``) stays the
+The dense path (``msae.kernels.prefix_mse.cumulative_prefix_mse`` on a dense ``acts``) stays the
 reference: the tests check both give the same losses and gradients.
 """
 

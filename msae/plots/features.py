@@ -1,7 +1,8 @@
 """Figures of the feature-quality evaluations: Figs 1, 4, 6, 7, 9 and 14.
 
-Each function takes ``{sae name: result}`` dicts as ``msae.feature_evals.FeatureEvaluator``
-returns them, and the sweep's results for the L0s and reconstruction metrics.
+Figs 6, 7, 9 and 14 take flat rows, one per SAE, as ``FeatureEvaluator.rows(names, metrics)``
+gives them (the sweep's columns, ``l0`` among them, and each metric's, see
+``msae.experiments.feature_evals.flat_columns``); each panel is ``msae.plots.lm.plot_vs_l0``.
 """
 
 from __future__ import annotations
@@ -10,78 +11,47 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from .lm import ARCHITECTURES
+from .lm import ARCHITECTURES, Rows, plot_vs_l0
 
 
-def _lines(results, evals: dict[str, dict], value, ax: plt.Axes, ylabel: str, architectures=ARCHITECTURES) -> None:
-    """One line per architecture: ``value(result)`` against the SAE's L0."""
-    for architecture, (label, colour, marker) in architectures.items():
-        names = [n for n in results.names(architecture) if n in evals]
-        if not names:
-            continue
-        l0 = [results.metrics[n]["l0"] for n in names]
-        ax.plot(l0, [value(evals[n]) for n in names], marker=marker, color=colour, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("L0 (mean active latents per token)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-
-
-def absorption_vs_l0(results, absorption: dict[str, dict]) -> plt.Figure:
+def absorption_vs_l0(rows: Rows) -> plt.Figure:
     """Fig 6: mean first-letter absorption fraction and mean number of split latents per letter."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    _lines(results, absorption, lambda r: r["mean_absorption_fraction"], left, "mean absorption fraction (lower is better)")
-    _lines(results, absorption, lambda r: r["mean_num_split_latents"], right, "split latents per letter")
+    plot_vs_l0(rows, "absorption", left, "mean absorption fraction (lower is better)")
+    plot_vs_l0(rows, "split_latents", right, "split latents per letter")
     left.legend()
     return fig
 
 
-def probing_vs_l0(results, probing: dict[str, dict], n_ablated: int = 20) -> plt.Figure:
+def probing_vs_l0(rows: Rows, n_ablated: int = 20) -> plt.Figure:
     """Fig 7: sparse probing accuracy with the top latent, SCR and TPP with ``n_ablated`` latents."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
-    _lines(results, probing, lambda r: r["summary"]["sparse_probing_top_k"]["1"], axes[0], "sparse probing accuracy, top-1 latent")
-    _lines(results, probing, lambda r: r["summary"]["scr"][str(n_ablated)], axes[1], f"SCR, top {n_ablated} latents ablated")
-    _lines(results, probing, lambda r: r["summary"]["tpp"][str(n_ablated)], axes[2], f"TPP, top {n_ablated} latents ablated")
+    plot_vs_l0(rows, "sparse_probing_top1", axes[0], "sparse probing accuracy, top-1 latent")
+    plot_vs_l0(rows, f"scr_{n_ablated}", axes[1], f"SCR, top {n_ablated} latents ablated")
+    plot_vs_l0(rows, f"tpp_{n_ablated}", axes[2], f"TPP, top {n_ablated} latents ablated")
     axes[0].legend()
     return fig
 
 
-def interpretability_vs_l0(results, concept_scores: dict[str, dict], autointerp: dict[str, dict] | None = None) -> plt.Figure:
-    """Fig 9: the judge-free score (mean best concept F1 of the latents) and, when a judge ran,
-    the LLM-judge detection score."""
-    panels = 2 if autointerp else 1
+def interpretability_vs_l0(rows: Rows) -> plt.Figure:
+    """Fig 9: the judge-free score (mean best concept F1 of the latents) and, when a judge ran
+    (rows with ``autointerp_score``), the LLM-judge detection score."""
+    judged = any(r.get("autointerp_score") is not None for r in rows)
+    panels = 2 if judged else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), layout="constrained", squeeze=False)
-    _lines(results, concept_scores, lambda r: r["mean_f1"], axes[0, 0], "mean best concept F1 (judge-free)")
-    if autointerp:
-        _lines(results, autointerp, lambda r: r["score"], axes[0, 1], "autointerp detection score (LLM judge)")
+    plot_vs_l0(rows, "concept_f1", axes[0, 0], "mean best concept F1 (judge-free)")
+    if judged:
+        plot_vs_l0(rows, "autointerp_score", axes[0, 1], "autointerp detection score (LLM judge)")
     axes[0, 0].legend()
     return fig
 
 
-def meta_sae_vs_l0(results, meta: dict[str, dict]) -> plt.Figure:
+def meta_sae_vs_l0(rows: Rows) -> plt.Figure:
     """Fig 14 at one width: variance of the decoder rows a meta-SAE explains, against the SAE's
     L0; lower means more atomic latents."""
-    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    _lines(results, meta, lambda r: r["variance_explained"], ax, "meta-SAE variance explained")
+    ax = plot_vs_l0(rows, "meta_sae_variance_explained", ylabel="meta-SAE variance explained")
     ax.legend()
-    return fig
-
-
-def meta_sae_vs_width(widths: list[int], meta: dict[str, dict[int, dict]]) -> plt.Figure:
-    """Fig 14: variance of the decoder rows a meta-SAE explains, per SAE width
-    (``meta[architecture][width]``); lower means more atomic latents."""
-    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    for architecture, by_width in meta.items():
-        label, colour, marker = ARCHITECTURES[architecture]
-        ws = [w for w in widths if w in by_width]
-        ax.plot(ws, [by_width[w]["variance_explained"] for w in ws], marker=marker, color=colour, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.set_xlabel("SAE width (latents)")
-    ax.set_ylabel("meta-SAE variance explained")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return ax.figure
 
 
 def headline_bars(values: dict[str, dict[str, float]]) -> plt.Figure:

@@ -1,81 +1,113 @@
-"""Figures of the language-model sweep: Figs 5, 8, 12 and 13."""
+"""Figures of the language-model sweep: Figs 5, 8, 12 and 13.
+
+Each ``plot_*`` function draws on one axes (``ax``, or a new figure's) from flat rows, as
+``SweepResults.rows()`` / ``latent_rows()`` / ``prefix_rows()`` and ``FeatureEvaluator.rows()``
+give them, and returns the axes; the figure functions lay those panels out as the paper does.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..experiments.sweep import SweepResults
+Rows = Sequence[dict[str, Any]]
 
+# (label, colour, marker) of the main sweep's two architectures, shared by every figure
 ARCHITECTURES = {"batchtopk": ("BatchTopK", "tab:blue", "o"), "matryoshka": ("Matryoshka", "tab:red", "s")}
 
 
-def _against_l0(results: SweepResults, metric: str, ax: plt.Axes, ylabel: str) -> None:
-    for architecture, (label, colour, marker) in ARCHITECTURES.items():
-        names = results.names(architecture)
-        l0 = [results.metrics[n]["l0"] for n in names]
-        ax.plot(l0, [results.metrics[n][metric] for n in names], marker=marker, color=colour, label=label)
+def _axes(ax: plt.Axes | None, figsize=(5.5, 4)) -> plt.Axes:
+    return ax if ax is not None else plt.subplots(figsize=figsize, layout="constrained")[1]
+
+
+def plot_vs_l0(rows: Rows, metric: str, ax: plt.Axes | None = None, ylabel: str | None = None,
+               architectures: dict[str, tuple[str, str, str]] = ARCHITECTURES, **style: Any) -> plt.Axes:
+    """One line per architecture of ``architectures`` (``{name: (label, colour, marker)}``): each
+    row's ``metric`` against the L0 it reaches (``l0``), in increasing ``k``; rows of other
+    architectures, or whose ``metric`` is missing or None, are left out. ``style`` goes to
+    ``ax.plot``."""
+    ax = _axes(ax)
+    for architecture, (label, colour, marker) in architectures.items():
+        kept = sorted((r for r in rows if r["architecture"] == architecture and r.get(metric) is not None),
+                      key=lambda r: r["k"])
+        if kept:
+            ax.plot([r["l0"] for r in kept], [r[metric] for r in kept], marker=marker, color=colour, label=label,
+                    **style)
     ax.set_xscale("log")
     ax.set_xlabel("L0 (mean active latents per token)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel or metric.replace("_", " "))
     ax.grid(alpha=0.3)
+    return ax
 
 
-def reconstruction_vs_l0(results: SweepResults) -> plt.Figure:
+def reconstruction_vs_l0(rows: Rows) -> plt.Figure:
     """Fig 5: variance explained and cross-entropy with the SAE spliced in, against L0."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    _against_l0(results, "variance_explained", left, "variance explained")
-    _against_l0(results, "ce_sae", right, "cross-entropy with SAE (nats)")
-    clean = results.metrics[results.names("batchtopk")[0]]["ce_clean"]
-    right.axhline(clean, color="gray", linestyle="--", label="clean model")
+    plot_vs_l0(rows, "variance_explained", left, "variance explained")
+    plot_vs_l0(rows, "ce_sae", right, "cross-entropy with SAE (nats)")
+    right.axhline(rows[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
     right.legend()
     return fig
 
 
-def decoder_cosine_vs_l0(results: SweepResults) -> plt.Figure:
+def decoder_cosine_vs_l0(rows: Rows) -> plt.Figure:
     """Fig 8: mean over latents of the largest cosine with any other decoder row."""
-    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    _against_l0(results, "mean_max_cosine", ax, "mean max decoder cosine")
+    ax = plot_vs_l0(rows, "mean_max_cosine", ylabel="mean max decoder cosine")
     ax.legend()
-    return fig
+    return ax.figure
 
 
-def frequency_by_index(results: SweepResults, k: int) -> plt.Figure:
-    """Fig 12: firing frequency of each latent of the Matryoshka SAE with this k, by index,
-    coloured by group; the BatchTopK SAE's frequencies, sorted, for reference."""
-    matryoshka = results.metrics[f"matryoshka_k{k}"]
-    frequency = np.asarray(matryoshka["frequency"])
-    ends = [0] + [p["width"] for p in matryoshka["prefixes"]]
-    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(ends) - 1))
-    floor = 0.5 / 10**6
-    for g, (start, end) in enumerate(zip(ends[:-1], ends[1:])):
-        ax.scatter(np.arange(start, end), np.maximum(frequency[start:end], floor), s=3, color=colours[g],
-                   label=f"group {g + 1}: latents {start}-{end - 1}")
-        ax.hlines(frequency[start:end].mean(), start, end, color=colours[g], linewidth=2)
-    batchtopk = np.sort(np.asarray(results.metrics[f"batchtopk_k{k}"]["frequency"]))[::-1]
-    ax.plot(np.maximum(batchtopk, floor), color="gray", linewidth=1, label="BatchTopK, sorted by frequency")
+def plot_frequency_by_index(latents: Rows, reference: Rows | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig 12: the firing frequency of each latent (``latent_rows`` of a Matryoshka SAE) by index,
+    coloured by group with each group's mean; ``reference`` (another SAE's latents, e.g.
+    BatchTopK's) sorted by frequency, in gray."""
+    ax = _axes(ax, figsize=(9, 4))
+    frequency = np.asarray([r["frequency"] for r in latents])
+    group = np.asarray([r["group"] for r in latents])
+    groups = sorted(set(group.tolist()))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
+    floor = 0.5 / 10**6  # silent latents still show on the log axis
+    for colour, g in zip(colours, groups):
+        index = np.flatnonzero(group == g)
+        start, end = int(index[0]), int(index[-1]) + 1
+        ax.scatter(index, np.maximum(frequency[index], floor), s=3, color=colour,
+                   label=f"group {g}: latents {start}-{end - 1}")
+        ax.hlines(frequency[index].mean(), start, end, color=colour, linewidth=2)
+    if reference is not None:
+        ordered = np.sort(np.asarray([r["frequency"] for r in reference]))[::-1]
+        ax.plot(np.maximum(ordered, floor), color="gray", linewidth=1, label="BatchTopK, sorted by frequency")
     ax.set_yscale("log")
     ax.set_xlabel("latent index")
     ax.set_ylabel("firing frequency")
     ax.legend(fontsize=8, markerscale=3)
-    return fig
+    return ax
 
 
-def prefixes_vs_batchtopk(results: SweepResults, k: int) -> plt.Figure:
+def plot_prefixes(prefix_rows: Rows, metric: str, ax: plt.Axes | None = None, ylabel: str | None = None) -> plt.Axes:
+    """Fig 13, one panel: ``metric`` of each Matryoshka prefix and of the BatchTopK SAE of that
+    width (``SweepResults.prefix_rows``), against the width."""
+    ax = _axes(ax)
+    for source, label, architecture, style in (("matryoshka prefix", "Matryoshka prefix", "matryoshka", "s-"),
+                                               ("batchtopk", "BatchTopK of that width", "batchtopk", "o-")):
+        kept = [r for r in prefix_rows if r["source"] == source]
+        ax.plot([r["width"] for r in kept], [r[metric] for r in kept], style, color=ARCHITECTURES[architecture][1],
+                label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("dictionary width (prefix)")
+    ax.set_ylabel(ylabel or metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def prefixes_vs_batchtopk(prefix_rows: Rows) -> plt.Figure:
     """Fig 13: each prefix of one Matryoshka SAE against a BatchTopK SAE of that width trained
     at the prefix's L0: variance explained and cross-entropy."""
-    prefixes = results.metrics[f"matryoshka_k{k}"]["prefixes"]
-    widths = [p["width"] for p in prefixes]
-    matched = [results.matched_batchtopk(p, k) for p in prefixes]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for ax, metric, label in ((left, "variance_explained", "variance explained"), (right, "ce_sae", "cross-entropy with SAE (nats)")):
-        ax.plot(widths, [p[metric] for p in prefixes], "s-", color=ARCHITECTURES["matryoshka"][1], label="Matryoshka prefix")
-        ax.plot(widths, [m[metric] for m in matched], "o-", color=ARCHITECTURES["batchtopk"][1], label="BatchTopK of that width")
-        ax.set_xscale("log")
-        ax.set_xlabel("dictionary width (prefix)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    right.axhline(prefixes[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
+    plot_prefixes(prefix_rows, "variance_explained", left, "variance explained")
+    plot_prefixes(prefix_rows, "ce_sae", right, "cross-entropy with SAE (nats)")
+    right.axhline(prefix_rows[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
     left.legend()
     return fig

@@ -1,22 +1,24 @@
-"""Figures of the studies beside the sweep (``msae.studies``): Fig 5 with every architecture,
-Fig 10 (metrics against width) and Figs 16-19 (the Matryoshka ablations).
+"""Figures of the studies beside the sweep (``msae.experiments.studies``): Fig 5 with every
+architecture, Fig 10 (metrics against width) and Figs 16-19 (the Matryoshka ablations).
 
-Every function reads ``SweepResults.metrics``; a feature metric computed elsewhere (absorption,
-SCR, ...) comes in as ``extra_metrics``: ``{metric: {sae name: value}}``.
+Every function takes flat rows, one per SAE, as ``SweepResults.rows()`` gives them; a feature
+metric computed elsewhere (absorption, ...) is one more column of those rows
+(``FeatureEvaluator.rows``). Fig 5 and Figs 16-19 read the SAEs at the sweep's width
+(``SweepResults.rows_at_sweep_width()``), Fig 10 those of every width.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from ..experiments.studies import StudyConfig, scaling_name
-from ..experiments.sweep import SweepResults
+from ..experiments.studies import StudyConfig
 from ..saes import registry
 from .lm import ARCHITECTURES as MAIN_ARCHITECTURES
+from .lm import Rows, plot_vs_l0
 
 # (label, colour, marker) per registry name; BatchTopK and Matryoshka as in the other figures.
 _BASELINE_STYLES = {"relu": ("tab:green", "^"), "topk": ("tab:orange", "v"), "gated": ("tab:purple", "D"),
@@ -35,7 +37,7 @@ METRIC_LABELS = {
     "absorption": "absorption (first letter)",
 }
 
-# Figs 16-19: one row each, the arms it compares (``msae.studies.ABLATION_ARMS``) with their labels.
+# Figs 16-19: one row each, the arms it compares (``msae.experiments.studies.ABLATION_ARMS``) with their labels.
 # The main sweep's Matryoshka SAE (five fixed groups, uniform weights, no stop-gradient) is the
 # reference arm of every row.
 ABLATION_ROWS = {
@@ -48,106 +50,78 @@ ABLATION_ROWS = {
 MAIN_MATRYOSHKA_LABEL = "Matryoshka (5 fixed groups, uniform)"
 
 
-def names_by_k(results: SweepResults, prefix: str) -> list[str]:
-    """The SAEs named ``{prefix}_k{k}`` in the results, by increasing k (so ``matryoshka`` finds
-    the main sweep's Matryoshka SAEs and not the ablation arms or other widths)."""
-    pattern = re.compile(rf"{re.escape(prefix)}_k(\d+)")
-    found = [(int(m.group(1)), name) for name in results.metrics if (m := pattern.fullmatch(name))]
-    return [name for _, name in sorted(found)]
-
-
-def metric_value(results: SweepResults, name: str, metric: str, extra_metrics: dict | None = None) -> float:
-    """``metric`` of SAE ``name``: from ``extra_metrics`` when it holds that metric, else the sweep's."""
-    if extra_metrics and metric in extra_metrics:
-        return float(extra_metrics[metric][name])
-    return float(results.metrics[name][metric])
-
-
 def _label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric.replace("_", " "))
 
 
-def _plot_vs_l0(results: SweepResults, ax: plt.Axes, names: list[str], metric: str, **style) -> None:
-    ax.plot([results.metrics[n]["l0"] for n in names], [results.metrics[n][metric] for n in names], **style)
-
-
-def _log_ticks(ax: plt.Axes, values: list[int]) -> None:
+def _log_ticks(ax: plt.Axes, values: Sequence[int]) -> None:
     """A log x axis labelled at ``values`` (the sweep's k values, the widths) only."""
     ax.set_xscale("log")
     ax.set_xticks(values, labels=[str(v) for v in values])
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _l0_axis(ax: plt.Axes, ylabel: str, k_values: list[int]) -> None:
+def _l0_axis(ax: plt.Axes, ylabel: str, k_values: Sequence[int]) -> None:
     _log_ticks(ax, k_values)
     ax.set_xlabel("L0 (mean active latents per token)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
-def all_architectures_vs_l0(results: SweepResults) -> plt.Figure:
-    """Fig 5 with every architecture of Table 1 that the results hold: variance explained and
-    cross-entropy with the SAE spliced in, against the L0 each SAE reaches at inference."""
+def by_architecture(rows: Rows) -> list[dict]:
+    """The rows of Table 1's architectures (no ablation arm, no prefix-matched SAE), in the
+    registry's order, then by k: Fig 5's SAEs and its table of target and reached L0."""
+    order = list(ARCHITECTURES)
+    kept = [r for r in rows if r["architecture"] in ARCHITECTURES and r["prefix_width"] is None]
+    return sorted(kept, key=lambda r: (order.index(r["architecture"]), r["k"]))
+
+
+def all_architectures_vs_l0(rows: Rows) -> plt.Figure:
+    """Fig 5 with every architecture of Table 1 that ``rows`` (at the sweep's width) hold:
+    variance explained and cross-entropy with the SAE spliced in, against the L0 each SAE
+    reaches at inference."""
+    rows = by_architecture(rows)
+    if not rows:
+        raise ValueError("the rows hold no SAE of Table 1's architectures; run the sweep first")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    plotted = 0
-    for architecture, (label, colour, marker) in ARCHITECTURES.items():
-        names = names_by_k(results, architecture)
-        if not names:
-            continue
-        plotted += 1
+    for architecture, style in ARCHITECTURES.items():
         main = architecture in MAIN_ARCHITECTURES  # drawn on top, with thicker lines
-        style = dict(marker=marker, color=colour, label=label, linewidth=2 if main else 1.2, zorder=3 if main else 2)
-        _plot_vs_l0(results, left, names, "variance_explained", **style)
-        _plot_vs_l0(results, right, names, "ce_sae", **style)
-    if not plotted:
-        raise ValueError("the results hold no SAE named {architecture}_k{k}; run the sweep first")
-    _l0_axis(left, _label("variance_explained"), results.config.k_values)
-    _l0_axis(right, _label("ce_sae"), results.config.k_values)
-    clean = next(iter(results.metrics.values()))["ce_clean"]
-    right.axhline(clean, color="gray", linestyle="--", label="clean model")
+        width = dict(linewidth=2 if main else 1.2, zorder=3 if main else 2)
+        plot_vs_l0(rows, "variance_explained", left, architectures={architecture: style}, **width)
+        plot_vs_l0(rows, "ce_sae", right, architectures={architecture: style}, **width)
+    k_values = sorted({r["k"] for r in rows})
+    _l0_axis(left, _label("variance_explained"), k_values)
+    _l0_axis(right, _label("ce_sae"), k_values)
+    right.axhline(rows[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
     fig.legend(*right.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return fig
 
 
-def l0_reached(results: SweepResults) -> list[dict]:
-    """Per SAE of Fig 5: its architecture, target L0 (``k`` or ``target_l0``, as configured)
-    and the L0 it reaches on the evaluation tokens."""
-    rows = []
-    for architecture in ARCHITECTURES:
-        field = registry.ARCHITECTURES[architecture].l0_field
-        for name in names_by_k(results, architecture):
-            m = results.metrics[name]
-            rows.append({"sae": name, "architecture": architecture, "target": float(m["config"][field]), "l0": m["l0"]})
-    return rows
-
-
-def width_means(results: SweepResults, study: StudyConfig, metrics: list[str],
-                extra_metrics: dict | None = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def width_means(rows: Rows, study: StudyConfig, metrics: Sequence[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Fig 10's numbers: ``{architecture: {metric: [(width, mean), ...]}}``, the mean of each
-    metric over the SAEs with L0 in ``study.width_k_values``, at each width (the sweep's and the
-    study's). A width where an architecture misses any of those SAEs is left out."""
+    metric over the rows with k in ``study.width_k_values``, at each width the rows hold. A
+    width where an architecture misses any of those k, or a value of any metric, is left out."""
     if not study.width_k_values:
         raise ValueError("the study config has no width_k_values to average over")
-    widths = sorted({results.config.d_sae, *study.widths})
+    found = {(r["architecture"], r["width"], r["k"]): r for r in rows if r["prefix_width"] is None}
+    widths = sorted({width for _, width, _ in found})
     means: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for architecture in study.width_architectures:
         for width in widths:
-            names = [scaling_name(results.config, architecture, width, k) for k in study.width_k_values]
-            if not all(n in results.metrics and (not extra_metrics or all(n in v for v in extra_metrics.values()))
-                       for n in names):
+            chosen = [found.get((architecture, width, k)) for k in study.width_k_values]
+            if not all(r is not None and all(r.get(m) is not None for m in metrics) for r in chosen):
                 continue
             for metric in metrics:
-                mean = float(np.mean([metric_value(results, n, metric, extra_metrics) for n in names]))
+                mean = float(np.mean([r[metric] for r in chosen]))
                 means.setdefault(architecture, {}).setdefault(metric, []).append((width, mean))
     return means
 
 
-def scaling_vs_width(results: SweepResults, study: StudyConfig, extra_metrics: dict | None = None,
-                     metrics: tuple[str, ...] = ("variance_explained", "loss_recovered", "mean_max_cosine")) -> plt.Figure:
-    """Fig 10: per metric (those of the sweep, then each of ``extra_metrics``), its mean over
-    the middle L0s against dictionary width, one line per architecture."""
-    metrics = [*metrics, *(m for m in (extra_metrics or {}) if m not in metrics)]
-    means = width_means(results, study, metrics, extra_metrics)
+def scaling_vs_width(rows: Rows, study: StudyConfig,
+                     metrics: Sequence[str] = ("variance_explained", "loss_recovered", "mean_max_cosine")) -> plt.Figure:
+    """Fig 10: per metric, its mean over the middle L0s against dictionary width, one line per
+    architecture."""
+    means = width_means(rows, study, metrics)
     if not means:
         raise ValueError("no architecture has every SAE of the scaling study at any width; run studies "
                          "['baselines', 'scaling'] first")
@@ -166,48 +140,50 @@ def scaling_vs_width(results: SweepResults, study: StudyConfig, extra_metrics: d
     return fig
 
 
-def ablation_rows(results: SweepResults) -> dict[str, dict[str, list[str]]]:
-    """``{row title: {arm label: SAE names by k}}`` for the Figs 16-19 rows whose arms the
-    results hold, each with the main Matryoshka and BatchTopK SAEs as references."""
-    rows = {}
+def ablation_rows(rows: Rows) -> dict[str, dict[str, list[dict]]]:
+    """``{figure row title: {arm label: its rows by k}}`` for the Figs 16-19 rows whose arms
+    ``rows`` (at the sweep's width) hold, each with the main Matryoshka and BatchTopK SAEs as
+    references."""
+    def of(architecture: str) -> list[dict]:
+        return sorted((r for r in rows if r["architecture"] == architecture and r["prefix_width"] is None),
+                      key=lambda r: r["k"])
+
+    grouped = {}
     for title, arms in ABLATION_ROWS.items():
-        found = {label: names_by_k(results, arm) for arm, label in arms.items()}
-        found = {label: names for label, names in found.items() if names}
+        found = {label: of(arm) for arm, label in arms.items()}
+        found = {label: arm_rows for label, arm_rows in found.items() if arm_rows}
         if found:
-            rows[title] = {**found, MAIN_MATRYOSHKA_LABEL: names_by_k(results, "matryoshka"),
-                           MAIN_ARCHITECTURES["batchtopk"][0]: names_by_k(results, "batchtopk")}
-    return rows
+            grouped[title] = {**found, MAIN_MATRYOSHKA_LABEL: of("matryoshka"),
+                              MAIN_ARCHITECTURES["batchtopk"][0]: of("batchtopk")}
+    return grouped
 
 
-def ablations_vs_l0(results: SweepResults, metrics: tuple[str, ...] = ("variance_explained", "loss_recovered"),
-                    extra_metrics: dict | None = None) -> plt.Figure:
+def ablations_vs_l0(rows: Rows, metrics: Sequence[str] = ("variance_explained", "loss_recovered")) -> plt.Figure:
     """Figs 16-19: a row per ablation (loss weighting, stop-gradient, number of groups, random
     prefixes), a column per metric against L0; each arm beside the main sweep's Matryoshka and
-    BatchTopK SAEs. ``extra_metrics`` adds columns (an SAE missing from one is left out there)."""
-    metrics = [*metrics, *(m for m in (extra_metrics or {}) if m not in metrics)]
-    rows = ablation_rows(results)
-    if not rows:
-        raise ValueError("the results hold no ablation arm; run the sweep with studies=['ablations']")
-    fig, axes = plt.subplots(len(rows), len(metrics), figsize=(4.6 * len(metrics), 3.3 * len(rows)),
+    BatchTopK SAEs. An SAE without a value of a metric is left out of that column."""
+    grouped = ablation_rows(rows)
+    if not grouped:
+        raise ValueError("the rows hold no ablation arm; run the sweep with studies=['ablations']")
+    k_values = sorted({r["k"] for arms in grouped.values() for arm_rows in arms.values() for r in arm_rows})
+    fig, axes = plt.subplots(len(grouped), len(metrics), figsize=(4.6 * len(metrics), 3.3 * len(grouped)),
                              layout="constrained", squeeze=False)
     arm_colours = plt.cm.viridis(np.linspace(0.15, 0.85, 3))
-    for r, (title, arms) in enumerate(rows.items()):
+    for r, (title, arms) in enumerate(grouped.items()):
         for c, metric in enumerate(metrics):
             ax = axes[r][c]
-            for i, (label, names) in enumerate(arms.items()):
+            for i, (label, arm_rows) in enumerate(arms.items()):
                 if label == MAIN_MATRYOSHKA_LABEL:
                     colour, marker = MAIN_ARCHITECTURES["matryoshka"][1:]
                 elif label == MAIN_ARCHITECTURES["batchtopk"][0]:
                     colour, marker = MAIN_ARCHITECTURES["batchtopk"][1:]
                 else:
                     colour, marker = arm_colours[i], "D"
-                if extra_metrics and metric in extra_metrics:
-                    names = [n for n in names if n in extra_metrics[metric]]
-                if names:
-                    ax.plot([results.metrics[n]["l0"] for n in names],
-                            [metric_value(results, n, metric, extra_metrics) for n in names],
-                            marker=marker, color=colour, label=label)
-            _l0_axis(ax, _label(metric), results.config.k_values)
+                kept = [row for row in arm_rows if row.get(metric) is not None]
+                if kept:
+                    ax.plot([row["l0"] for row in kept], [row[metric] for row in kept], marker=marker, color=colour,
+                            label=label)
+            _l0_axis(ax, _label(metric), k_values)
             ax.set_title(title, fontsize=10)
         axes[r][0].legend(fontsize=7)
     return fig
