@@ -13,6 +13,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
+from ..validation import check_int, check_seed, check_str
+
 # The SAELens architectures msae writes and reads (the "architecture" of a cfg.json).
 SAELensArchitecture = Literal["standard", "jumprelu", "topk", "gated"]
 
@@ -97,6 +99,10 @@ class SparseAutoencoder(nn.Module):
     def initialize_from_batch(self, x: torch.Tensor) -> None:
         """Called once with the first (normalised) batch before training."""
 
+    def check_training_length(self, steps: int) -> None:
+        """Raise ``ValueError`` if a run of ``steps`` steps would leave this SAE unusable;
+        :func:`msae.train` calls it before the first step."""
+
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Adam's parameter groups; a group's ``lr_scale`` multiplies the trainer's learning rate."""
         return [{"params": list(self.parameters()), "lr_scale": 1.0}]
@@ -159,9 +165,16 @@ def load_named_tensors(sae: nn.Module, tensors: dict[str, torch.Tensor], names: 
 def check_dimensions(config: Any) -> None:
     """Raise ``ValueError`` unless ``config.d_in`` and ``config.d_sae`` are positive integers."""
     for name in ("d_in", "d_sae"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(config, name, 1)
+
+
+def check_sae_fields(config: Any) -> None:
+    """Validate the fields every SAE config has: ``d_in``, ``d_sae``, ``seed``, ``model_name``
+    and ``hook_name``."""
+    check_dimensions(config)
+    check_seed(config)
+    for name in ("model_name", "hook_name"):
+        check_str(config, name)
 
 
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:

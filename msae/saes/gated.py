@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..kernels.sparse import decode_sparse, encode_sparse_grad
-from .base import StepOutput, UnitNormSAE, check_dimensions
+from ..validation import check_real
+from .base import StepOutput, UnitNormSAE, check_sae_fields
 from .penalty import check_penalty_fields, steer_towards_l0, warmup_factor, warmup_steps
 
 
@@ -62,10 +63,9 @@ class GatedConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
+        check_sae_fields(self)
         check_penalty_fields(self)
-        if self.l1_coefficient < 0:
-            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
+        check_real(self, "l1_coefficient", 0)
 
 
 class GatedSAE(UnitNormSAE):
@@ -102,7 +102,7 @@ class GatedSAE(UnitNormSAE):
     def training_step(self, x: torch.Tensor, step: int) -> StepOutput:
         cfg, batch = self.config, x.shape[0]
         self.check_input(x)
-        # proj's backward multiplies only where the gate is open (msae.sparse.encode_sparse_grad)
+        # proj's backward multiplies only where the gate is open (msae.kernels.sparse.encode_sparse_grad)
         proj = encode_sparse_grad(x - self.b_dec, self.W_enc)
         gate, magnitude = proj + self.b_gate, torch.addcmul(self.b_mag, proj, self.r_mag.exp())  # (B, d_sae) each
         acts = torch.where(gate > 0, torch.relu(magnitude), 0.0)

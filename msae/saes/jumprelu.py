@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ..kernels.sparse import decode_sparse
-from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
+from ..validation import check_real
+from .base import StepOutput, UnitNormSAE, check_sae_fields, load_named_tensors
 from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 
@@ -78,13 +79,11 @@ class JumpReLUConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
+        check_sae_fields(self)
         check_penalty_fields(self)
+        check_real(self, "l0_coefficient", 0)
         for name in ("bandwidth", "initial_threshold", "threshold_lr_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.l0_coefficient < 0:
-            raise ValueError(f"l0_coefficient must be >= 0, got {self.l0_coefficient}")
+            check_real(self, name, 0, low_open=True)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

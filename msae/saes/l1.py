@@ -7,7 +7,7 @@ This is the SAE of the paper's toy model (SPEC §5)::
     loss   = mean_i(MSE_i + lambda * L1_i)      over the prefixes sampled for this batch
 
 With ``n_prefixes=1`` the only prefix is the whole dictionary: a vanilla SAE. With more, the
-other prefix ends are drawn per batch from a truncated Pareto law (``msae.prefixes``).
+other prefix ends are drawn per batch from a truncated Pareto law (``msae.saes.prefixes``).
 
 ``lambda`` adapts so that the batch L0 reaches ``target_l0``: it shrinks by a factor
 ``1 - controller_rate`` while the L0 is below the target and grows by ``1 + controller_rate``
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ..kernels.prefix_mse import cumulative_prefix_mse
-from .base import SparseAutoencoder, StepOutput, check_dimensions
+from ..validation import check_bool, check_int, check_real
+from .base import SparseAutoencoder, StepOutput, check_sae_fields
 from .prefixes import sample_prefix_ends
 
 
@@ -68,13 +69,16 @@ class L1Config:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
-        if not 1 <= self.n_prefixes <= self.d_sae:
-            raise ValueError(f"n_prefixes must be in 1..d_sae={self.d_sae}, got {self.n_prefixes}")
-        if self.target_l0 is not None and not 0 < self.target_l0 <= self.d_sae:
-            raise ValueError(f"target_l0 must be in (0, d_sae], got {self.target_l0}")
-        if self.l1_coefficient < 0:
-            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
+        check_sae_fields(self)
+        check_real(self, "target_l0", 0, self.d_sae, low_open=True, high_name="d_sae", optional=True)
+        check_real(self, "l1_coefficient", 0)
+        check_real(self, "controller_rate", 0, 1, high_open=True)  # 1 - rate must stay positive
+        check_int(self, "l1_warmup_steps", 0)
+        check_int(self, "n_prefixes", 1, self.d_sae, high_name="d_sae")
+        check_real(self, "pareto_exponent", 0, 1, low_open=True, high_open=True)
+        check_bool(self, "sort_latents")
+        check_real(self, "sort_ema", 0, 1, high_open=True)  # 1 would freeze the usage at zero
+        check_real(self, "decoder_init_norm", 0, low_open=True)
 
 
 class L1SAE(SparseAutoencoder):

@@ -11,12 +11,14 @@ top-k with a JumpReLU whose single threshold is an EMA of the smallest activatio
 kept during training, so a token's code does not depend on the rest of its batch.
 
 Two implementations of the training step give the same losses and gradients: a dense one,
-and a sparse one (``msae.sparse``) that works on the ``k*B`` active entries only and is much
+and a sparse one (``msae.kernels.sparse``) that works on the ``k*B`` active entries only and is much
 faster when k is small against d_sae. ``kernels="auto"`` picks by size.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,8 +26,9 @@ import torch
 
 from ..kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
 from ..kernels.sparse import batch_top_k, batch_top_k_active, selected_pre_activations
+from ..validation import ConfigTypeError, check_bool, check_int, check_real
 from .auxk import AuxKMixin
-from .base import StepOutput, UnitNormSAE, check_dimensions, load_named_tensors
+from .base import StepOutput, UnitNormSAE, check_sae_fields, load_named_tensors
 from .prefixes import group_weights, prefix_ends, sample_prefix_ends, validate_group_sizes
 
 
@@ -76,22 +79,32 @@ class MatryoshkaConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
-        if not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be an integer in 1..d_sae={self.d_sae}, got {self.k!r}")
+        check_sae_fields(self)
+        check_int(self, "k", 1, self.d_sae, high_name="d_sae")
         if self.group_sizes is None:
             self.group_sizes = [self.d_sae]
+        if isinstance(self.group_sizes, (str, bytes)) or not isinstance(self.group_sizes, (list, tuple)):
+            raise ConfigTypeError(f"group_sizes must be a list of integers or None, got {self.group_sizes!r}")
         self.group_sizes = list(self.group_sizes)
         validate_group_sizes(self.group_sizes, self.d_sae)
+        if not isinstance(self.group_weighting, str):
+            weights = self.group_weighting
+            if not isinstance(weights, (list, tuple)) or not all(
+                    isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+                raise ConfigTypeError(f"group_weighting must be 'uniform', 'size' or a list of finite numbers, got {weights!r}")
         group_weights(self.group_weighting, self.group_sizes)  # raises if malformed
-        if self.n_random_prefixes < 0 or self.n_random_prefixes > self.d_sae:
-            raise ValueError(f"n_random_prefixes must be in 0..d_sae, got {self.n_random_prefixes}")
+        check_bool(self, "stop_gradient")
+        check_int(self, "n_random_prefixes", 0, self.d_sae, high_name="d_sae")
         if self.n_random_prefixes and len(self.group_sizes) > 1:
             raise ValueError("use either fixed group_sizes or n_random_prefixes, not both")
+        check_real(self, "pareto_exponent", 0, 1, low_open=True, high_open=True)
+        check_real(self, "auxk_alpha", 0)
         if self.auxk_k is None:
             self.auxk_k = max(1, self.d_in // 2)
-        if not 0 <= self.threshold_beta < 1:
-            raise ValueError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
+        check_int(self, "auxk_k", 1)
+        check_int(self, "dead_after_tokens", 1)
+        check_real(self, "threshold_beta", 0, 1, high_open=True)
+        check_int(self, "threshold_start_step", 0)
 
     @property
     def prefix_ends(self) -> list[int]:
@@ -113,6 +126,18 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
         weights = group_weights(config.group_weighting, config.group_sizes)
         self.register_buffer("group_weights", torch.tensor(weights))
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
+
+    def check_training_length(self, steps: int) -> None:
+        # Refused rather than moved earlier: threshold_start_step is part of the saved config,
+        # and a start msae shifted silently would make the run differ from the config it records.
+        start = self.config.threshold_start_step
+        if steps <= start:
+            raise ValueError(
+                f"TrainConfig.steps={steps} is not more than MatryoshkaConfig.threshold_start_step={start}, the "
+                "first step that estimates the inference threshold: the run would train to the end and then "
+                "fail to encode or save. Train for more steps, or set threshold_start_step below steps "
+                "(e.g. threshold_start_step=steps // 2)"
+            )
 
     # --- inference -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, use_threshold: bool = True) -> torch.Tensor:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels.sparse import decode_sparse
-from .base import StepOutput, UnitNormSAE, check_dimensions
+from ..validation import check_int, check_real
+from .base import StepOutput, UnitNormSAE, check_sae_fields
 from .penalty import check_penalty_fields, steer_towards_l0, training_pre_activations, warmup_factor, warmup_steps
 
 
@@ -73,19 +74,20 @@ class PAnnealConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
+        check_sae_fields(self)
         if self.total_steps is None:
             raise ValueError("P-annealing lays its p schedule over the run: give total_steps (build_sae(..., steps=N))")
         check_penalty_fields(self)
+        check_real(self, "lp_coefficient", 0)
+        for name in ("p_start", "p_end", "anneal_start_fraction", "anneal_end_fraction"):
+            check_real(self, name)  # a finite number; the ranges and order are checked below
+        check_int(self, "n_p_updates", 1)
+        check_int(self, "rescale_batches", 1)
         if not 0 < self.p_end <= self.p_start <= 1:
             raise ValueError(f"need 0 < p_end <= p_start <= 1, got p_start={self.p_start}, p_end={self.p_end}")
         if not 0 <= self.anneal_start_fraction <= self.anneal_end_fraction <= 1:
             raise ValueError("need 0 <= anneal_start_fraction <= anneal_end_fraction <= 1, got "
                              f"{self.anneal_start_fraction} and {self.anneal_end_fraction}")
-        if self.n_p_updates < 1 or self.rescale_batches < 1:
-            raise ValueError(f"n_p_updates and rescale_batches must be >= 1, got {self.n_p_updates}, {self.rescale_batches}")
-        if self.lp_coefficient < 0:
-            raise ValueError(f"lp_coefficient must be >= 0, got {self.lp_coefficient}")
 
     def p_change_steps(self) -> list[int]:
         """The steps at which p takes its next value (the last one sets p_end), increasing."""

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from ..kernels.sparse import encode_sparse_grad
+from ..validation import check_int, check_real
 from .base import SparseAutoencoder
 
 
 def training_pre_activations(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     """(x - b_dec) @ W_enc + b_enc, no activation: (B, d_in) -> (B, d_sae), for a training step.
     Its backward multiplies only the latents the activation lets a gradient through
-    (``msae.sparse.encode_sparse_grad``)."""
+    (``msae.kernels.sparse.encode_sparse_grad``)."""
     sae.check_input(x)
     return encode_sparse_grad(x - sae.b_dec, sae.W_enc, sae.b_enc)
 
@@ -48,14 +49,9 @@ def steer_towards_l0(coefficient: torch.Tensor, l0: torch.Tensor, target_l0: flo
 
 
 def check_penalty_fields(config: Any) -> None:
-    """Validate the fields every penalty-based config has."""
-    if config.target_l0 is not None and not 0 < config.target_l0 <= config.d_sae:
-        raise ValueError(f"target_l0 must be in (0, d_sae={config.d_sae}], got {config.target_l0}")
-    if not 0 <= config.controller_rate < 1:
-        raise ValueError(f"controller_rate must be in [0, 1), got {config.controller_rate}")
-    if config.total_steps is not None and (not isinstance(config.total_steps, int) or config.total_steps <= 0):
-        raise ValueError(f"total_steps must be a positive integer or None, got {config.total_steps!r}")
-    if not 0 <= config.penalty_warmup_fraction <= 1:
-        raise ValueError(f"penalty_warmup_fraction must be in [0, 1], got {config.penalty_warmup_fraction}")
-    if config.dead_after_tokens <= 0:
-        raise ValueError(f"dead_after_tokens must be positive, got {config.dead_after_tokens}")
+    """Validate the fields every penalty-based config has (after :func:`check_sae_fields`)."""
+    check_real(config, "target_l0", 0, config.d_sae, low_open=True, high_name="d_sae", optional=True)
+    check_real(config, "controller_rate", 0, 1, high_open=True)
+    check_int(config, "total_steps", 1, optional=True)
+    check_real(config, "penalty_warmup_fraction", 0, 1)
+    check_int(config, "dead_after_tokens", 1)

@@ -6,7 +6,7 @@
 
 Decoder rows are not constrained: the penalty's decoder-norm weight stops the SAE from
 shrinking activations by growing rows. Rows start at norm 0.1 (``decoder_init_norm``), lambda
-ramps up linearly over the first 5% of the steps. This is :class:`msae.l1_sae.L1SAE` (the toy
+ramps up linearly over the first 5% of the steps. This is :class:`msae.saes.l1.L1SAE` (the toy
 model's SAE) with one prefix, language-model defaults and a leaner step.
 """
 
@@ -64,7 +64,7 @@ class ReLUL1Config(L1Config):
         check_penalty_fields(self)
         if self.n_prefixes != 1 or self.sort_latents:
             raise ValueError("the ReLU-L1 baseline is a plain SAE: n_prefixes must be 1 and sort_latents False "
-                             "(use msae.l1_sae.L1SAE for the toy model's Matryoshka variant)")
+                             "(use msae.saes.l1.L1SAE for the toy model's Matryoshka variant)")
         if self.total_steps is not None:
             self.l1_warmup_steps = warmup_steps(self.total_steps, self.penalty_warmup_fraction)
 

@@ -6,8 +6,8 @@
     loss  = mean_b ||x - acts @ W_dec - b_dec||^2 + auxk_alpha * AuxK
 
 Unlike BatchTopK, the selection is per token, so ``encode`` needs no threshold. AuxK is the one
-of ``msae.sae`` (the top ``auxk_k`` dead latents regress the residual, normalised by its
-variance); decoder rows stay at unit norm. As in ``msae.sae``, a sparse step (``msae.sparse``:
+of ``msae.saes.matryoshka`` (the top ``auxk_k`` dead latents regress the residual, normalised by its
+variance); decoder rows stay at unit norm. As in ``msae.saes.matryoshka``, a sparse step (``msae.kernels.sparse``:
 only the encoder's forward product is dense) gives the same loss and gradients as the dense one
 and is chosen when k is small against d_sae.
 """
@@ -21,8 +21,9 @@ import torch
 
 from ..kernels.prefix_mse import sparse_cumulative_prefix_mse
 from ..kernels.sparse import ActiveLatents, selected_pre_activations
+from ..validation import check_int, check_real
 from .auxk import AuxKMixin
-from .base import StepOutput, UnitNormSAE, check_dimensions
+from .base import StepOutput, UnitNormSAE, check_sae_fields
 
 
 @dataclass
@@ -52,13 +53,13 @@ class TopKConfig:
     hook_name: str = ""
 
     def __post_init__(self):
-        check_dimensions(self)
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be an integer in 1..d_sae={self.d_sae}, got {self.k!r}")
+        check_sae_fields(self)
+        check_int(self, "k", 1, self.d_sae, high_name="d_sae")
+        check_real(self, "auxk_alpha", 0)
         if self.auxk_k is None:
             self.auxk_k = max(1, self.d_in // 2)
-        if self.dead_after_tokens <= 0:
-            raise ValueError(f"dead_after_tokens must be positive, got {self.dead_after_tokens}")
+        check_int(self, "auxk_k", 1)
+        check_int(self, "dead_after_tokens", 1)
 
 
 def per_token_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,7 +96,7 @@ class TopKSAE(AuxKMixin, UnitNormSAE):
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, x_centered, self.W_enc)  # (B, d_sae) before the ReLU, no graph
             top = pre.topk(k, dim=-1, sorted=False)
-            cols, position = top.indices.sort(dim=-1)  # row-major order, as msae.sparse expects
+            cols, position = top.indices.sort(dim=-1)  # row-major order, as msae.kernels.sparse expects
             values = top.values.gather(1, position).clamp_min(0.0).flatten()
         rows = torch.arange(batch, device=x.device).repeat_interleave(k)
         cols = cols.flatten()

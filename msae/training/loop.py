@@ -8,32 +8,48 @@ clipping on a stream of batches, with:
 - a progress bar showing loss, L0 and variance explained every ``log_every`` steps (the only
   points where values leave the device);
 - checkpoints written atomically every ``checkpoint_every`` steps and on Ctrl-C, and resumed
-  automatically when ``train`` is called again on the same run folder;
+  automatically when ``train`` is called again on the same run folder (also with a larger
+  ``steps``, to extend a run: see :class:`TrainConfig`);
 - the run's config written beside its results (``config.json``), the finished SAE in the
   SAELens layout (``sae/``) and the logged statistics (``history.json``).
 
 A data source is any object with ``next_batch() -> (B, d_in) tensor``, ``state_dict()``,
-``load_state_dict(state)`` and ``describe() -> dict``.
+``load_state_dict(state)`` and ``describe() -> dict``. Every batch is checked before the SAEs see
+it (:class:`BatchCheck`): NumPy arrays and tensors of another floating dtype than the SAE's are
+converted with a warning; other types, shapes and dtypes, empty batches, and NaN or inf stop
+the run with an error naming the step.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 import signal
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..data.sources import DataSource
-from ..files import write_json
+from ..files import json_default, write_json
 from ..io import save_sae
 from ..saes.base import SparseAutoencoder
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..validation import ConfigTypeError, check_bool, check_int, check_real, check_str
+from .checkpoint import (
+    CheckpointError,
+    _describe_difference,
+    _same_config,
+    holding_run_folders,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -41,23 +57,33 @@ CHECKPOINT_FILE = "checkpoint.pt"
 @dataclass
 class TrainConfig:
     """How :func:`train` trains: the run's length, Adam and its schedule, input scaling,
-    logging, checkpoints and device. Saved with every checkpoint: a run folder only resumes
-    under an equal config.
+    logging, checkpoints and device. Every field is checked when the config is built.
+
+    Saved with every checkpoint: a run folder only resumes under an equal config, except for
+    ``steps``. Training a run folder again with a larger ``steps`` extends the run, finished
+    or not, from the step its checkpoint holds to the new total; its history continues. The
+    learning-rate schedule is that of the new total from the resume point on (:func:`lr_factor`
+    with the new ``steps``), so an extended run differs from one trained for the new total from
+    the start: a finished run's decayed lr jumps back to what the new schedule gives at that
+    step. The SAE's own config (e.g. a penalty warm-up over ``total_steps``) does not change.
+    A ``steps`` below the steps a checkpoint has done is refused.
 
     Attributes:
-        steps: number of optimizer steps (one batch each); > 0.
-        lr: Adam's learning rate after warm-up, before decay.
-        betas: Adam's (beta1, beta2).
+        steps: number of optimizer steps (one batch each); > 0. Must be more than a
+            Matryoshka SAE's ``threshold_start_step``.
+        lr: Adam's learning rate after warm-up, before decay; > 0.
+        betas: Adam's (beta1, beta2), each in [0, 1).
         warmup_steps: the learning rate ramps up linearly over these first steps; 0: no warm-up.
         decay_fraction: the learning rate decays linearly over this last fraction of the
             steps, in [0, 1]; 0: no decay.
-        final_lr_fraction: the learning rate at the end, relative to ``lr``.
-        grad_clip: the largest global gradient norm; None: no clipping.
+        final_lr_fraction: the learning rate at the end, relative to ``lr``, in [0, 1].
+        grad_clip: the largest global gradient norm, > 0; None: no clipping.
         normalize_inputs: scale the inputs by one scalar so that E||x||^2 =
             ``normalized_sq_norm`` (folded into the weights at the end, so the returned SAE
             runs on raw inputs); False: train on raw inputs.
-        normalized_sq_norm: the E||x||^2 the inputs are scaled to.
-        normalization_batches: batches drawn (and not trained on) to estimate the scale.
+        normalized_sq_norm: the E||x||^2 the inputs are scaled to; > 0.
+        normalization_batches: batches drawn (and not trained on) to estimate the scale; > 0
+            (>= 0 without ``normalize_inputs``).
         checkpoint_every: steps between checkpoints (with a run folder); > 0.
         log_every: steps between entries of the history and the progress bar (the only
             points where values leave the device); > 0.
@@ -83,13 +109,32 @@ class TrainConfig:
     autocast_dtype: Literal["bfloat16", "float16"] | None = None
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
-        if self.steps <= 0:
-            raise ValueError(f"steps must be positive, got {self.steps}")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        if self.log_every <= 0 or self.checkpoint_every <= 0:
-            raise ValueError("log_every and checkpoint_every must be positive")
+        check_int(self, "steps", 1)
+        check_real(self, "lr", 0, low_open=True)
+        betas = self.betas
+        if (isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in betas)):
+            raise ConfigTypeError(f"betas must be a pair of numbers (Adam's beta1, beta2), got {betas!r}")
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must both be in [0, 1), got {betas!r}")
+        self.betas = tuple(b if type(b) in (int, float) else float(b) for b in betas)
+        check_int(self, "warmup_steps", 0)
+        check_real(self, "decay_fraction", 0, 1)
+        check_real(self, "final_lr_fraction", 0, 1)  # below 0 the lr turns negative; above 1 it does nothing
+        check_real(self, "grad_clip", 0, low_open=True, optional=True, hint="; use None for no clipping")
+        check_bool(self, "normalize_inputs")
+        check_real(self, "normalized_sq_norm", 0, low_open=True)  # 0 would scale the inputs to 0 (NaN weights)
+        # the scale is estimated from these batches; without normalisation none are drawn
+        check_int(self, "normalization_batches", 1 if self.normalize_inputs else 0)
+        check_int(self, "checkpoint_every", 1)
+        check_int(self, "log_every", 1)
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)  # the config is saved as JSON
+        check_str(self, "device")
+        try:
+            torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r} ({error})") from None
         if self.autocast_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {self.autocast_dtype!r}")
 
@@ -107,6 +152,47 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 class NonFiniteError(RuntimeError):
     """A batch or the loss held NaN or inf; the run folder keeps the last good checkpoint."""
+
+
+class BatchCheck:
+    """Checks what a data source's ``next_batch`` returned before any SAE sees it: a 2-d,
+    non-empty (B, d_in) floating-point tensor. A NumPy array, or a tensor of another floating
+    dtype than the SAEs', is converted (one warning per kind and per :func:`train` call);
+    anything else raises ``TypeError`` or ``ValueError`` naming the batch. Reads only shapes
+    and dtypes, so a batch on an accelerator costs no host sync."""
+
+    def __init__(self, d_in: int, dtype: torch.dtype):
+        self.d_in, self.dtype = d_in, dtype
+        self.warned: set[str] = set()
+
+    def __call__(self, batch, where: str) -> torch.Tensor:
+        expected = f"a (batch, d_in={self.d_in}) torch.Tensor"
+        source = None  # a numpy batch: its dtype, for the warning
+        if isinstance(batch, np.ndarray):
+            source = str(batch.dtype)
+            if batch.dtype.kind not in "fiub":  # object, str, complex...: nothing torch trains on
+                raise TypeError(f"{where} is a numpy array of dtype {batch.dtype}; next_batch() must return {expected}")
+            # torch.from_numpy would share a read-only array (a memory map) and warn; copy those
+            batch = torch.from_numpy(batch) if batch.flags.writeable else torch.tensor(batch)
+        elif not isinstance(batch, torch.Tensor):
+            raise TypeError(f"{where} is a {type(batch).__name__}; next_batch() must return {expected}")
+        if batch.ndim != 2:
+            raise ValueError(f"{where} has shape {tuple(batch.shape)}; next_batch() must return {expected}")
+        if batch.shape[0] == 0:
+            raise ValueError(f"{where} is empty (shape {tuple(batch.shape)}); next_batch() must return at least one row")
+        if batch.shape[1] != self.d_in:
+            raise ValueError(f"{where} has width {batch.shape[1]} (shape {tuple(batch.shape)}), "
+                             f"but the SAE expects d_in={self.d_in}")
+        if not batch.dtype.is_floating_point:
+            raise TypeError(f"{where} has dtype {batch.dtype}; the SAE trains on floating-point inputs ({self.dtype})")
+        if source is not None or batch.dtype != self.dtype:
+            what = f"a numpy array of {source}" if source is not None else f"a {batch.dtype} tensor"
+            if what not in self.warned:
+                self.warned.add(what)
+                warnings.warn(f"{where} is {what}; msae converts such batches to {self.dtype} tensors, the dtype of "
+                              "the SAE's weights (warned once per train call)", UserWarning, stacklevel=2)
+            batch = batch.to(self.dtype)
+        return batch
 
 
 class TrainResult(NamedTuple):
@@ -127,11 +213,15 @@ class TrainResult(NamedTuple):
     resumed_from: int | None
 
 
-def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float = 1.0) -> float:
-    """The scalar s with E||s x||^2 = ``target_sq_norm`` over ``n_batches`` batches."""
+def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float = 1.0,
+                         check: BatchCheck | None = None) -> float:
+    """The scalar s with E||s x||^2 = ``target_sq_norm`` over ``n_batches`` batches (each
+    passed through ``check`` first, if given)."""
     total, count = 0.0, 0
-    for _ in range(n_batches):
+    for i in range(n_batches):
         batch = data.next_batch()
+        if check is not None:
+            batch = check(batch, f"batch {i} of the input-scale estimate (drawn before step 0)")
         if not _all_finite(batch):
             raise NonFiniteError("a batch used to estimate the input scale contains NaN or inf")
         total += float(batch.double().pow(2).sum())
@@ -173,20 +263,35 @@ class _Run:
         self.path = self.run_dir / CHECKPOINT_FILE if self.run_dir else None
         self.start, self.scale, self.history, self.finished, self.data_state = 0, None, [], False, None
         self.last_saved = 0
+        self.steps_changed = False  # resumed under another TrainConfig.steps than the checkpoint's
 
     def restore(self) -> None:
-        """Load this run's checkpoint, if it has one."""
+        """Load this run's checkpoint, if it has one. Its config must equal this run's except
+        for ``train.steps``, which may change as long as it is not below the steps done."""
         if self.path is None or not self.path.exists():
             return
-        state = load_checkpoint(self.path, expected_config=self.run_config)
+        state = load_checkpoint(self.path)  # the config is compared here, where steps may differ
+        saved_steps = _check_same_run(self.path, state.get("config"), self.run_config)
+        done, steps = state["step"], self.config.steps
+        if done > steps:
+            raise CheckpointError(
+                f"checkpoint {self.path} has already trained {done} steps, more than steps={steps}; a run "
+                f"cannot be shortened below what it has done: train with steps >= {done}, or use another run folder"
+            )
         try:
             self.sae.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as error:
             raise CheckpointError(f"checkpoint {self.path} does not fit this SAE ({error})") from error
-        self.start = self.last_saved = state["step"]
+        self.start = self.last_saved = done
         self.scale, self.history, self.finished, self.data_state = (
             state["input_scale"], state["history"], state["finished"], state["data"])
+        self.steps_changed = saved_steps != steps
+        if self.finished and done < steps:
+            # Extending a finished run: its checkpoint holds the SAE in raw input units (finish
+            # folded the scale in); unfold it to train on (exact up to float32 rounding).
+            self.sae.fold_input_scale(1.0 / self.scale)
+            self.finished = False
 
     def save(self, step: int, data: DataSource, finished: bool = False) -> None:
         if self.path is None:
@@ -216,6 +321,7 @@ class _Run:
             self.save(self.config.steps, data, finished=True)
 
 
+@holding_run_folders  # locks each run folder for the call and clears a killed run's temp files
 def train_many(
     saes: dict[str, SparseAutoencoder],
     data: DataSource,
@@ -228,6 +334,7 @@ def train_many(
     all of them, so they see the same data in the same order. Each SAE keeps its own run folder
     (``run_dirs[name]``), checkpoints and results, exactly as :func:`train` writes them."""
     run_dirs = run_dirs or {}
+    check = _batch_check(saes, config.steps)
     runs = [_Run(name, sae, data, config, run_dirs.get(name)) for name, sae in saes.items()]
     for run in runs:
         run.restore()
@@ -244,13 +351,13 @@ def train_many(
             data.load_state_dict(pending[0].data_state)
             scale = pending[0].scale
         else:
-            scale = estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm) if config.normalize_inputs else 1.0
-            for run in pending:
-                if run.run_dir is not None:
-                    write_json(run.run_dir / "config.json", run.run_config)
+            scale = (estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm, check)
+                     if config.normalize_inputs else 1.0)
         for run in pending:
             run.scale = scale
-        _loop(pending, data, config, start, scale, progress, description)
+            if run.run_dir is not None and (start == 0 or run.steps_changed):
+                write_json(run.run_dir / "config.json", run.run_config)
+        _loop(pending, data, config, start, scale, progress, description, check)
         for run in pending:
             run.finish(data)
     return {
@@ -259,7 +366,8 @@ def train_many(
     }
 
 
-def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, scale: float, progress, description) -> None:
+def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, scale: float, progress, description,
+          check: BatchCheck) -> None:
     device = torch.device(config.device)
     label = description if len(runs) == 1 else f"{description} ({len(runs)} SAEs)"
     bar = tqdm(total=config.steps, initial=start, desc=label, disable=not progress, mininterval=2.0)
@@ -269,7 +377,7 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     with bar, _deferred_interrupt() as interrupted:
         for step in range(start, config.steps):
-            batch = data.next_batch()
+            batch = check(data.next_batch(), f"the batch for step {step}")
             if batch.device.type == "cpu":
                 if not _all_finite(batch):
                     for run in runs:  # the SAEs have not seen this batch: their state is good
@@ -300,6 +408,39 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
                     run.save(done, data)
             if interrupted.is_set():
                 raise KeyboardInterrupt(f"interrupted after step {done}; call train again to resume")
+
+
+def _batch_check(saes: dict[str, SparseAutoencoder], steps: int) -> BatchCheck:
+    """Check, before anything is read or written, that ``steps`` suits every SAE and that the
+    SAEs trained together read the same batches; returns the check each batch goes through."""
+    for name, sae in saes.items():
+        try:
+            sae.check_training_length(steps)
+        except ValueError as error:
+            raise (ValueError(f"{name}: {error}") if len(saes) > 1 else error) from None
+    shapes = {name: (sae.d_in, sae.W_dec.dtype) for name, sae in saes.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"SAEs trained together read the same batches, so they need one d_in and dtype; got {shapes}")
+    d_in, dtype = next(iter(shapes.values()), (0, torch.float32))  # no SAEs: no batch is read
+    return BatchCheck(d_in, dtype)
+
+
+def _check_same_run(path: Path, saved: Any, expected: dict[str, Any]) -> Any:
+    """Raise :class:`CheckpointError` unless the checkpoint's run config ``saved`` equals
+    ``expected`` (as :func:`load_checkpoint` compares them), ``train.steps`` aside; returns the
+    checkpoint's ``train.steps``."""
+    saved = json.loads(json.dumps(saved, default=json_default))
+    expected = json.loads(json.dumps(expected, default=json_default))
+    saved_train = saved.get("train") if isinstance(saved, dict) else None
+    saved_steps = saved_train.get("steps") if isinstance(saved_train, dict) else None
+    if isinstance(saved_train, dict):
+        expected["train"]["steps"] = saved_steps  # a run may be extended (see TrainConfig)
+    if not _same_config(saved, expected):
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a different run: {_describe_difference(saved, expected)}; "
+            "use another run folder, or delete the checkpoint to start afresh"
+        )
+    return saved_steps
 
 
 def _stop_for_bad_batch(runs: list[_Run], step: int) -> None:
