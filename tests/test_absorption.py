@@ -3,8 +3,10 @@ on the tiny offline model; the probe fitters against their stated objectives and
 the absorption fraction against a per-word port of SAEBench's rule; and hand-built SAEs on a
 synthetic "letter world" whose absorption and splitting are known."""
 
+import copy
 import json
 import re
+import types
 
 import pytest
 import torch
@@ -15,17 +17,20 @@ from msae.evals.absorption import (
     AbsorptionConfig,
     LetterDataset,
     LetterWords,
+    _fit_probes_saebench,
     absorption_fractions,
     evaluate_absorption,
     f1_scores,
     fit_sparse_probes,
     l1_probe_weights,
+    latent_groups,
     letter_activations,
     letter_prompts,
     letter_tokens,
     load_letter_dataset,
     rank_latents,
     save_letter_dataset,
+    scaled_cos_config,
     train_letter_probes,
 )
 from msae.saes.base import InferenceSAE
@@ -173,7 +178,7 @@ def test_rank_latents_orders_positive_then_zero_then_negative():
 def test_model_probes_solve_their_objective(gen):
     world = letter_world(gen)
     l2 = 1e-2
-    probes = train_letter_probes(world.data, l2=l2)
+    probes = train_letter_probes(world.data, recipe="converged", l2=l2)
     x = world.data.activations[world.data.words.is_train].double()
     scale = (x - x.mean(0)).pow(2).sum(1).mean().sqrt()
     w = probes.weight.clone().requires_grad_(True)
@@ -302,10 +307,16 @@ def world(gen):
     return LetterWorld(gen)
 
 
-def _evaluate(world, sae):
-    probes = train_letter_probes(world.data)
+def _probes(world):
+    """Probes fitted to convergence: on these few words SAEBench's 50 epochs of minibatch Adam
+    are only ~250 steps, and the known answers below need probes that read every letter."""
+    probes = train_letter_probes(world.data, recipe="converged")
     assert torch.all(probes.test_f1 == 1)
-    result = evaluate_absorption(sae, world.data, probes)
+    return probes
+
+
+def _evaluate(world, sae, probes=None):
+    result = evaluate_absorption(sae, world.data, probes if probes is not None else _probes(world))
     json.dumps(result)  # JSON-serialisable
     return result
 
@@ -364,7 +375,7 @@ def test_absorbed_words_give_their_share_as_absorption(world, gen):
 
 
 def test_evaluate_absorption_rejects_a_mismatched_sae(world):
-    probes = train_letter_probes(world.data)
+    probes = train_letter_probes(world.data, recipe="converged")
     sae = InferenceSAE(32, 10)
     with pytest.raises(ValueError, match="widths disagree"):
         evaluate_absorption(sae, world.data, probes)
@@ -380,7 +391,7 @@ def test_letters_without_words_are_left_unscored(world, gen):
     )
     enc, dec, thr = world.distractors(gen)
     sae = world.sae(list(world.letter_dirs) + enc, list(world.letter_dirs) + dec, [0.5] * 26 + thr)
-    result = evaluate_absorption(sae, data, train_letter_probes(data))
+    result = evaluate_absorption(sae, data, train_letter_probes(data, recipe="converged"))
     json.dumps(result)
     for letter in "yz":
         row = result["letters"][letter]
@@ -389,3 +400,181 @@ def test_letters_without_words_are_left_unscored(world, gen):
     assert result["letters"]["z"]["main_latents"] == [] and result["letters"]["z"]["num_split_latents"] == 0
     assert result["n_letters_scored"] == 24 and result["mean_num_split_latents"] == 1
     assert result["mean_absorption_fraction"] == 0 and result["n_letters_probe_ok"] == 24
+
+
+# --- SAEBench's scoring rules and the diagnostics ------------------------------------------------
+
+
+def _absorbed_world_sae(world, gen, absorber_decoder_weight=1.0, absorber_encoder_scale=1.0, a_leak=0.0):
+    """The A latent is switched off (or, with ``a_leak`` > 0, turned down to ``a_leak``) on the
+    absorbed words, and a word latent fires there instead, its decoder row
+    ``a + absorber_decoder_weight * u_w``. Latent order: A, the other 25 letters, the word
+    latents, the distractors."""
+    enc, dec, thr = world.distractors(gen)
+    a = world.letter_dirs[0]
+    a_encoder = a - (1 - a_leak) * world.word_dirs.sum(0)
+    encoders = [a_encoder, *world.letter_dirs[1:], *(absorber_encoder_scale * world.word_dirs), *enc]
+    decoders = [a, *world.letter_dirs[1:], *(a + absorber_decoder_weight * world.word_dirs), *dec]
+    a_threshold = 0.5 if a_leak == 0 else a_leak / 2
+    return world.sae(encoders, decoders, [a_threshold] + [0.5] * (25 + world.n_absorbed) + thr)
+
+
+def test_only_letters_whose_probe_reads_them_are_averaged(world, gen):
+    """SAEBench averages the letters whose model probe has test F1 > 0.6; A (absorption 0.5)
+    drops out when its probe is made to look weak, the other letters stay at 0."""
+    sae = _absorbed_world_sae(world, gen)
+    probes = _probes(world)
+    probes.test_f1[0] = 0.55
+    result = _evaluate(world, sae, probes)
+    assert result["scored"] and result["not_scored_reason"] is None
+    assert not result["letters"]["a"]["scored"] and result["letters"]["a"]["mean_absorption_fraction"] == 0.5
+    assert result["n_letters_scored"] == 25 and result["n_letters_probe_ok"] == 25
+    assert result["mean_absorption_fraction"] == 0 and result["mean_full_absorption_rate"] == 0
+    # Every letter with a probe-correct word, as msae averaged before: A counts there.
+    assert result["diagnostics"]["mean_absorption_fraction_all_letters"] == pytest.approx(0.5 / 26)
+
+
+def test_too_few_readable_letters_is_not_scored(world, gen):
+    """With fewer than 20 letters whose probe has F1 > 0.6, SAEBench declines to score."""
+    sae = _absorbed_world_sae(world, gen)
+    probes = _probes(world)
+    weak = torch.randperm(26, generator=gen)[:7]
+    probes.test_f1[weak] = 0.6  # not above the bar
+    result = _evaluate(world, sae, probes)
+    assert not result["scored"] and not result["enough_letters"] and result["n_letters_probe_ok"] == 19
+    assert "only 19 of 26" in result["not_scored_reason"] and "20" in result["not_scored_reason"]
+    assert result["mean_absorption_fraction"] is None and result["mean_num_split_latents"] is None
+    assert result["std_absorption_fraction"] is None
+    assert result["n_letters_scored"] == 19  # the diagnostics still cover these letters
+    assert result["diagnostics"]["mean_absorption_fraction_missed_words"] is not None
+
+
+def test_missed_words_variant_counts_only_words_the_sparse_probe_misses(world, gen):
+    """Absorbed words where the A latent is silent are missed by its sparse probe: summed over
+    them and divided by all 12 probe-correct A words, the variant equals the official 0.5.
+    Where the A latent still fires at half strength the sparse probe catches the word, so the
+    variant is exactly 0 while the official fraction stays positive (partial absorption)."""
+    full = _evaluate(world, _absorbed_world_sae(world, gen))
+    row = full["letters"]["a"]
+    assert row["num_missed_by_main_latents"] == 6 and row["num_probe_true_positives"] == 12
+    assert row["absorption_fraction_missed_words"] == pytest.approx(0.5) == row["mean_absorption_fraction"]
+
+    partial = _evaluate(world, _absorbed_world_sae(world, gen, a_leak=0.5))
+    row = partial["letters"]["a"]
+    assert row["main_latents"] == [0] and row["num_missed_by_main_latents"] == 0
+    assert row["absorption_fraction_missed_words"] == 0
+    assert 0.1 < row["mean_absorption_fraction"] < 0.5 and row["full_absorption_rate"] == 0
+
+
+def test_scaled_cosine_thresholds(world, gen):
+    """At d_model 576 the thresholds double (0.2, 0.05); here (d_model 64) they are 6x, so an
+    absorber whose decoder row has cos 0.447 with A counts officially (>= 0.1) but not scaled
+    (< 0.6)."""
+    cfg = AbsorptionConfig()
+    scaled = scaled_cos_config(cfg, 576)
+    assert scaled.absorber_min_cos == pytest.approx(0.2) and scaled.full_absorption_min_cos == pytest.approx(0.05)
+    assert scaled_cos_config(cfg, 2304) == cfg
+    # decoder a + 2 u_w: cos 1/sqrt(5) with a; the encoder 2 u_w keeps its projection ~0.89
+    result = _evaluate(world, _absorbed_world_sae(world, gen, absorber_decoder_weight=2.0, absorber_encoder_scale=2.0))
+    row = result["letters"]["a"]
+    assert row["mean_absorption_fraction"] == pytest.approx(0.5)
+    assert row["absorption_fraction_scaled_cos"] == 0
+    assert result["diagnostics"]["scaled_cos_thresholds"]["absorber_min_cos"] == pytest.approx(0.1 * 6)
+
+
+def test_groups_of_main_latents_and_absorbers(world, gen):
+    """A Matryoshka-like SAE whose first group holds the 26 letter latents and whose second the
+    word latents: every main latent comes from group 0 and every absorber from group 1."""
+    sae = _absorbed_world_sae(world, gen)
+    sizes = [26, world.n_absorbed, sae.d_sae - 26 - world.n_absorbed]
+    sae.config = types.SimpleNamespace(group_sizes=sizes)
+    assert latent_groups(sae).tolist() == [0] * 26 + [1] * sizes[1] + [2] * sizes[2]
+    result = _evaluate(world, sae)
+    diagnostics = result["diagnostics"]
+    assert diagnostics["group_sizes"] == sizes
+    assert diagnostics["main_latents_by_group"] == [1.0, 0.0, 0.0]
+    assert diagnostics["absorbed_projection_by_group"] == [0.0, 1.0, 0.0]
+    row = result["letters"]["a"]
+    assert row["main_latent_groups"] == [0]
+    assert len(row["top_absorbers"]) == 5 and all(a["group"] == 1 and a["words"] == 1 for a in row["top_absorbers"])
+    assert {a["latent"] for a in row["top_absorbers"]} <= set(range(26, 26 + world.n_absorbed))
+    del sae.config
+    assert latent_groups(sae) is None and "group_sizes" not in _evaluate(world, sae)["diagnostics"]
+
+
+def test_projection_shares_and_letter_prompt_l0(world, gen):
+    """One unit latent per letter: the main latent carries the probe projection (the probe is
+    within a few degrees of the letter direction), absorbers none; L0 is counted per word."""
+    enc, dec, thr = world.distractors(gen)
+    sae = world.sae(list(world.letter_dirs) + enc, list(world.letter_dirs) + dec, [0.5] * 26 + thr)
+    result = _evaluate(world, sae)
+    diagnostics = result["diagnostics"]
+    assert diagnostics["share_absorbers"] == 0
+    assert diagnostics["share_main_latents"] == pytest.approx(1, abs=0.1)
+    # the distractors' decoder rows lie in directions the letters do not use
+    assert diagnostics["share_all_latents"] == pytest.approx(diagnostics["share_main_latents"], abs=0.05)
+    with torch.no_grad():
+        l0 = (sae.encode(world.data.activations) > 0).sum(1).double().mean()
+    assert diagnostics["l0_letter_prompts"] == pytest.approx(float(l0))
+    assert diagnostics["l0_letter_prompts"] >= 1
+
+
+def test_decoder_rows_off_unit_norm_are_rescaled(world, gen):
+    """An SAE whose decoder rows have norms 0.5-3 scores exactly as the equivalent SAE with unit
+    rows (each latent's encoder column and threshold multiplied by its row's norm), with a warning."""
+    sae = _absorbed_world_sae(world, gen)
+    norms = 0.5 + 2.5 * torch.rand(sae.d_sae, generator=gen)
+    stretched = copy.deepcopy(sae)
+    with torch.no_grad():
+        stretched.W_dec.mul_(norms[:, None])
+        stretched.W_enc.div_(norms)  # latents shrink by the norm: the reconstruction is unchanged
+        stretched.threshold.div_(norms)
+    probes = _probes(world)
+    reference = _evaluate(world, sae, probes)
+    with pytest.warns(UserWarning, match="not unit norm"):
+        result = _evaluate(world, stretched, probes)
+    assert result["diagnostics"]["decoder_rows_rescaled"] and not reference["diagnostics"]["decoder_rows_rescaled"]
+    for key in ("mean_absorption_fraction", "mean_full_absorption_rate", "mean_num_split_latents"):
+        assert result[key] == pytest.approx(reference[key], abs=1e-5)
+    assert result["letters"]["a"]["main_latents"] == reference["letters"]["a"]["main_latents"]
+
+
+def test_saebench_probe_recipe_matches_a_torch_nn_reference(gen):
+    """SAEBench's recipe as SAEBench writes it, with torch's own modules (nn.Linear,
+    BCEWithLogitsLoss with pos_weight, Adam with weight decay, ExponentialLR stepped per epoch),
+    from the same initial weights and batch order, ends at the same probes; the same seed gives
+    the same probes, another seed others."""
+    n, d, epochs, batch_size = 300, 12, 6, 64
+    letters = torch.randint(len(LETTERS), (n,), generator=gen)
+    x = torch.randn(len(LETTERS), d, generator=gen)[letters] + torch.randn(n, d, generator=gen)
+    targets = torch.nn.functional.one_hot(letters, 26).float()
+    seed = int(torch.randint(1000, (1,), generator=gen))
+    weight, bias = _fit_probes_saebench(x, targets, seed, epochs=epochs, batch_size=batch_size)
+    again = _fit_probes_saebench(x, targets, seed, epochs=epochs, batch_size=batch_size)
+    other = _fit_probes_saebench(x, targets, seed + 1, epochs=epochs, batch_size=batch_size)
+    assert torch.equal(weight, again[0]) and torch.equal(bias, again[1]) and not torch.equal(weight, other[0])
+
+    # The reference: the initial weights and batch order drawn from the seed as msae draws them.
+    order_gen = torch.Generator().manual_seed(seed)
+    bound = 1 / d**0.5
+    init_w = (torch.rand(26, d, generator=order_gen) * 2 - 1) * bound
+    init_b = (torch.rand(26, generator=order_gen) * 2 - 1) * bound
+    linear = torch.nn.Linear(d, 26)
+    with torch.no_grad():
+        linear.weight.copy_(init_w)
+        linear.bias.copy_(init_b)
+    n_pos = targets.sum(0)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(n - n_pos) / n_pos)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(1e-5 / 1e-2) ** (1 / epochs))
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=order_gen)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss_fn(linear(x[rows]), targets[rows]).backward()
+            optimizer.step()
+        scheduler.step()
+    # float32 through the same operations in another order: agreement to a few ulps of the updates
+    torch.testing.assert_close(weight, linear.weight.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bias, linear.bias.detach(), rtol=1e-5, atol=1e-6)

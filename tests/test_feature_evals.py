@@ -10,6 +10,7 @@ import pytest
 from lm_helpers import local_text_sweep_config, tiny_model
 from msae.evals.autointerp import JudgeConfig
 from msae.experiments import feature_evals, profiles, sweep
+from msae.io import load_sae
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,15 @@ def test_each_metric_is_saved_and_read_back(evaluator, metric, monkeypatch):
 
 def test_metric_values_are_in_range(evaluator):
     absorption = evaluator.evaluate("batchtopk_k4", "absorption")
-    assert 0 <= absorption["mean_absorption_fraction"] <= 1 and 1 <= absorption["mean_num_split_latents"] <= 10
+    # SAEBench's rule: scored only with 20 letters whose probe has F1 > 0.6 (a random tiny model may have fewer)
+    assert absorption["scored"] == (absorption["n_letters_probe_ok"] >= 20)
+    diagnostics = absorption["diagnostics"]
+    assert 0 <= diagnostics["mean_absorption_fraction_all_letters"] <= 1
+    assert 1 <= diagnostics["mean_num_split_latents_all_letters"] <= 10
+    if absorption["scored"]:
+        assert 0 <= absorption["mean_absorption_fraction"] <= 1 and 1 <= absorption["mean_num_split_latents"] <= 10
+    else:
+        assert absorption["mean_absorption_fraction"] is None and "SAEBench needs 20" in absorption["not_scored_reason"]
     summary = evaluator.evaluate("batchtopk_k4", "probing")["summary"]
     assert 0 <= summary["sparse_probing_top_k"]["1"] <= 1 and set(summary["scr"]) >= {"2", "20"}
     meta = evaluator.evaluate("batchtopk_k4", "meta_sae")
@@ -65,3 +74,29 @@ def test_unknown_metric_and_profile_are_refused(evaluator):
         evaluator.evaluate("matryoshka_k4", "vibes")
     with pytest.raises(ValueError, match="unknown profile"):
         profiles.eval_config("huge")
+
+
+def test_absorption_reported_officially_or_as_a_labelled_diagnostic(evaluator):
+    names = ["batchtopk_k4", "matryoshka_k4"]
+    table = evaluator.table(names, "absorption")
+    scored = {n: {**r, "scored": True, "mean_absorption_fraction": 0.25 + i / 10} for i, (n, r) in enumerate(table.items())}
+    label, values = feature_evals.reported_absorption(scored)
+    assert label == "absorption (first letter)" and values == {"batchtopk_k4": 0.25, "matryoshka_k4": 0.35}
+    unscored = {**scored, "matryoshka_k4": {**scored["matryoshka_k4"], "scored": False}}
+    label, values = feature_evals.reported_absorption(unscored)
+    assert "not scored" in label
+    assert values == {n: r["diagnostics"]["mean_absorption_fraction_all_letters"] for n, r in table.items()}
+
+    rows = evaluator.rows(names, ["absorption"])
+    for row, table_row in zip(rows, feature_evals.absorption_table_rows(rows)):
+        shown = table_row["absorption"]
+        assert shown == (row["absorption"] if row["absorption_scored"] else "not scored")
+        assert table_row["every letter"] == row["absorption_all_letters"]
+    groups = feature_evals.absorption_group_rows(table)
+    assert {r["sae"] for r in groups} == {"matryoshka_k4"}  # BatchTopK has one group
+    sizes = load_sae(evaluator.results.sae_path("matryoshka_k4")).config.group_sizes
+    assert len(groups) == 2 and len(sizes) > 1
+    for row in groups:
+        assert [k for k in row if k.startswith("group ")] == [f"group {g + 1} ({size})" for g, size in enumerate(sizes)]
+        shares = [v for k, v in row.items() if k.startswith("group ")]
+        assert all(v is None for v in shares) or sum(shares) == pytest.approx(1)

@@ -5,7 +5,8 @@ Pipeline, once per model and hook point:
     letter_tokens(tokenizer)            vocabulary tokens made of letters only, split 80/20
     letter_activations(model, ...)      residual stream at the word in an ICL prompt ending in
                                         "{word} has the first letter:"            (n, d_model)
-    train_letter_probes(data)           one-vs-rest logistic probes, all 26 letters at once
+    train_letter_probes(data)           one-vs-rest logistic probes, all 26 letters at once,
+                                        with SAEBench's training recipe
 and per SAE:
     evaluate_absorption(sae, data, probes)
         1. k-sparse probing: rank latents by an L1-regularised logistic probe on the SAE's
@@ -15,16 +16,21 @@ and per SAE:
         2. absorption fraction, on test words of the letter that the model probe gets right:
            of the activation's projection on the probe direction, the share carried by up to
            3 other probe-aligned latents instead of the main latents.
+        3. means over the letters whose probe has test F1 > 0.6; not scored (None) when fewer
+           than 20 letters pass, as SAEBench declines to score such a model.
 
 Where we differ from SAEBench, and why:
-- The activations of each word are computed once and reused for every SAE (SAEBench reruns
-  the model with freshly shuffled ICL examples when it measures absorption). ICL examples
-  are drawn with a seed (SAEBench's are unseeded), and the word's position is found from the
-  tokenisation rather than fixed at -6 tokens from the end, so any tokenizer works.
-- Probes are fitted to convergence (L-BFGS; FISTA for the L1 ranking probe; Newton for the
-  k-sparse probes, with scikit-learn's objective) instead of 50 epochs of Adam, so results
-  do not depend on the optimiser's step count. The L1 ranking probe then has exact zeros;
-  latents at zero are ranked by how hard the loss pulls them positive.
+- The activations of each word are computed once and reused for every SAE and both steps
+  (SAEBench reruns the model with freshly shuffled ICL examples when it measures absorption).
+  ICL examples are drawn with a seed (SAEBench's are unseeded), and the word's position is found
+  from the tokenisation rather than fixed at -6 tokens from the end, so any tokenizer works.
+- The k-sparse probes' latent ranking comes from an L1 probe solved to convergence (FISTA) rather
+  than 50 epochs of Adam, so it does not depend on the optimiser's step count; latents at exactly
+  zero are then ranked by how hard the loss pulls them positive. The k-sparse probes themselves
+  minimise scikit-learn's ``LogisticRegression(class_weight="balanced")`` objective, by batched
+  Newton steps over all letters at once (tested equal to scikit-learn's fit).
+- ``train_letter_probes(..., recipe="converged")`` fits the model probes to convergence instead
+  of SAEBench's recipe, to show whether the recipe moves the result.
 """
 
 from __future__ import annotations
@@ -32,14 +38,18 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+ProbeRecipe = Literal["saebench", "converged"]
+REFERENCE_D_MODEL = 2304  # Gemma-2-2B's width, for which SAEBench set its cosine thresholds
+UNIT_NORM_TOLERANCE = 1e-3  # decoder rows further than this from norm 1 are rescaled
 PROMPT_TEMPLATE = "{word} has the first letter:"
 _ASCII_LETTERS = frozenset(LETTERS + LETTERS.upper())
 
@@ -158,8 +168,9 @@ def letter_activations(
     """(n_words, d_model) float32: the activation at ``hook_name`` at the word's (last) token of
     its prompt (``letter_prompts``). One forward per batch, stopped after the hook's layer.
 
-    Prompts are tokenised as ``model.to_tokens`` does (BOS per the model's default) and padded
-    on the right, which leaves the earlier positions of a causal model untouched.
+    Prompts are tokenised as ``model.to_tokens`` does (BOS per the model's default), run only up
+    to the word (the tokens after it cannot change a causal model's activation there) and padded
+    on the right, which leaves the earlier positions untouched.
     """
     from tqdm.auto import tqdm
 
@@ -179,7 +190,7 @@ def letter_activations(
                              "use fewer ICL examples")
         if not torch.equal(full[: len(upto_word)], upto_word):
             raise ValueError(f"the tokenizer merges the word with the text after it in {prompt[-80:]!r}")
-        tokens.append(full)
+        tokens.append(upto_word)  # a causal model's activation at the word ignores what follows it
         positions.append(position)
     out = torch.empty(len(prompts), model.cfg.d_model)
     device = model.cfg.device
@@ -322,22 +333,95 @@ class LetterProbes:
         return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def train_letter_probes(data: LetterDataset, l2: float = 1e-3, max_iter: int = 500) -> LetterProbes:
-    """Fit the 26 probes on the train split, jointly (one L-BFGS run on the sum of the 26
-    independent objectives): per letter, SAEBench's class-balanced BCE (mean over words) plus
-    ``l2 / 2 * |w|^2``, with activations centred and scaled by one scalar to unit mean squared
-    norm while fitting. One scalar keeps the penalty isotropic in activation space, so the
-    probe directions are those of the raw activations."""
+def train_letter_probes(
+    data: LetterDataset,
+    recipe: ProbeRecipe = "saebench",
+    seed: int = 0,
+    l2: float = 1e-3,
+    max_iter: int = 500,
+) -> LetterProbes:
+    """Fit the 26 one-vs-rest probes on the train split and score them on the test split.
+
+    ``recipe``:
+        "saebench": SAEBench's own recipe (``_fit_probes_saebench``): minibatch Adam on the raw
+            activations, so the probe directions are those SAEBench would use.
+        "converged": the same class-balanced BCE plus ``l2 / 2 * |w|^2``, solved to convergence
+            (``_fit_probes_converged``); kept to show whether the optimiser moves the result.
+    """
     x = data.activations[data.words.is_train].double()  # (n, d)
     if len(x) == 0:
         raise ValueError("the dataset has no train words")
     targets = _one_hot(data.words.letters[data.words.is_train])  # (n, 26)
+    if recipe == "saebench":
+        weight, bias = _fit_probes_saebench(x.float(), targets.float(), seed)
+    elif recipe == "converged":
+        weight, bias = _fit_probes_converged(x, targets, l2, max_iter)
+    else:
+        raise ValueError(f"recipe must be 'saebench' or 'converged', got {recipe!r}")
+    probes = LetterProbes(weight.double(), bias.double(), torch.zeros(len(LETTERS), dtype=torch.float64))
+    test = ~data.words.is_train
+    if test.any():
+        predicted = probes.logits(data.activations[test].double()) > 0
+        probes.test_f1 = f1_scores(predicted, _one_hot(data.words.letters[test]) > 0)
+    return probes
+
+
+def _fit_probes_saebench(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    seed: int,
+    epochs: int = 50,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    end_lr: float = 1e-5,
+    weight_decay: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAEBench's letter-probe recipe (``evals/absorption``: its probes are trained once per
+    model with these settings): a linear layer with PyTorch's default initialisation, Adam with
+    L2 weight decay on weights and bias, the class-balanced BCE (positives weighted n_neg / n_pos
+    of the whole train set) averaged over the minibatch and the letters, shuffled minibatches, and a learning
+    rate decayed exponentially from ``lr`` to ``end_lr`` over the epochs. Seeded: the same
+    ``seed`` gives the same probes.
+
+    Args: x (n, d) float32 raw activations, targets (n, C) in {0, 1}. Returns weight (C, d), bias (C,).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    bound = 1 / d**0.5  # nn.Linear's default init, for weight and bias alike
+    weight = ((torch.rand(targets.shape[1], d, generator=generator) * 2 - 1) * bound).requires_grad_(True)
+    bias = ((torch.rand(targets.shape[1], generator=generator) * 2 - 1) * bound).requires_grad_(True)
+    pos_weight = _pos_weight(targets)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    decay = (end_lr / lr) ** (1 / epochs)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                rows = order[start : start + batch_size]
+                logits = x[rows] @ weight.T + bias
+                loss = F.binary_cross_entropy_with_logits(logits, targets[rows], pos_weight=pos_weight)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            for group in optimizer.param_groups:
+                group["lr"] *= decay
+    return weight.detach(), bias.detach()
+
+
+def _fit_probes_converged(
+    x: torch.Tensor, targets: torch.Tensor, l2: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 26 probes in one L-BFGS run on the sum of their independent objectives: per letter,
+    the class-balanced BCE (mean over words) plus ``l2 / 2 * |w|^2``, with activations centred
+    and scaled by one scalar to unit mean squared norm while fitting. One scalar keeps the
+    penalty isotropic in activation space, so the probe directions are those of the raw
+    activations. x (n, d) and targets (n, C) float64; returns raw-space weight (C, d), bias (C,)."""
     mean = x.mean(0)
     scale = (x - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
     xs = (x - mean) / scale
     pos_weight = _pos_weight(targets)
-    weight = torch.zeros(len(LETTERS), x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(LETTERS), dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(targets.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(targets.shape[1], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
@@ -351,13 +435,7 @@ def train_letter_probes(data: LetterDataset, l2: float = 1e-3, max_iter: int = 5
         optimizer.step(objective)
     # Undo the standardisation: w.(x - m)/s + b = (w/s).x + (b - w.m/s).
     raw_weight = weight.detach() / scale
-    raw_bias = bias.detach() - raw_weight @ mean
-    probes = LetterProbes(raw_weight, raw_bias, torch.zeros(len(LETTERS), dtype=torch.float64))
-    test = ~data.words.is_train
-    if test.any():
-        predicted = probes.logits(data.activations[test].double()) > 0
-        probes.test_f1 = f1_scores(predicted, _one_hot(data.words.letters[test]) > 0)
-    return probes
+    return raw_weight, bias.detach() - raw_weight @ mean
 
 
 # --- k-sparse probing on SAE latents ---------------------------------------------------------
@@ -558,6 +636,37 @@ class AbsorptionConfig:
     chunk_size: int = 1024
 
 
+class WordProjections(NamedTuple):
+    """The probe-direction projections of m words (``_word_projections``), each (m,) but ``absorbers`` (m, A).
+
+    Attributes:
+        probe: ``p = x . probe direction``, the activation's projection.
+        all_latents: sum over latents of ``act_j * cos_j``, the SAE's share of ``p``.
+        main: the same sum over the letter's main latents.
+        absorbed: the summed projection of the absorbing latents (at most ``max_absorbers``
+            other latents with cos >= ``absorber_min_cos`` and a positive projection).
+        absorbers: (m, max_absorbers) their latent ids, largest projection first; -1 where fewer.
+        absorber_projection: (m, max_absorbers) their projections, 0 where fewer.
+    """
+
+    probe: torch.Tensor
+    all_latents: torch.Tensor
+    main: torch.Tensor
+    absorbed: torch.Tensor
+    absorbers: torch.Tensor
+    absorber_projection: torch.Tensor
+
+
+def _word_projections(x, acts, probe_direction, decoder_cos, main, config: AbsorptionConfig) -> WordProjections:
+    proj = acts * decoder_cos  # (m, d_sae)
+    candidates = ~main & (decoder_cos >= config.absorber_min_cos) & (proj > 0)
+    absorber_values = torch.where(candidates, proj, torch.zeros_like(proj))
+    top = absorber_values.topk(min(config.max_absorbers, proj.shape[-1]), dim=-1)
+    ids = torch.where(top.values > 0, top.indices, torch.full_like(top.indices, -1))
+    return WordProjections((x * probe_direction).sum(-1), proj.sum(-1), (proj * main).sum(-1),
+                           top.values.sum(-1), ids, top.values)
+
+
 def absorption_fractions(
     x: torch.Tensor,
     acts: torch.Tensor,
@@ -581,28 +690,40 @@ def absorption_fractions(
     latent with the largest proj has cos >= 0.025 and carries at least 0.4 of ``p > 0``.
     """
     config = config or AbsorptionConfig()
-    probe_projection = (x * probe_direction).sum(-1)  # (m,)
-    proj = acts * decoder_cos  # (m, d_sae)
-    main_projection = (proj * main).sum(-1)
-    candidates = ~main & (decoder_cos >= config.absorber_min_cos) & (proj > 0)
-    absorber_values = torch.where(candidates, proj, torch.zeros_like(proj))
-    n_absorbers = min(config.max_absorbers, proj.shape[-1])
-    absorbed = absorber_values.topk(n_absorbers, dim=-1).values.sum(-1)
-    positive = probe_projection > 0
-    share = torch.where(positive, absorbed / probe_projection.where(positive, torch.ones_like(probe_projection)),
-                        torch.zeros_like(absorbed))
-    partial = torch.minimum(absorbed, probe_projection - main_projection)
+    parts = _word_projections(x, acts, probe_direction, decoder_cos, main, config)
+    return _fractions(parts, config), _full_absorption(parts.probe, acts, decoder_cos, main, config)
+
+
+def _fractions(parts: WordProjections, config: AbsorptionConfig) -> torch.Tensor:
+    p, main_projection, absorbed = parts.probe, parts.main, parts.absorbed
+    positive = p > 0
+    share = torch.where(positive, absorbed / p.where(positive, torch.ones_like(p)), torch.zeros_like(absorbed))
+    partial = torch.minimum(absorbed, p - main_projection)
     fraction = (partial / (partial + main_projection).clamp_min(1e-12)).clamp(0, 1)
     fraction = torch.where(main_projection <= 0, torch.ones_like(fraction), fraction)
-    fraction = torch.where((main_projection >= probe_projection) | (share < config.min_projection_share),
-                           torch.zeros_like(fraction), fraction)
+    return torch.where((main_projection >= p) | (share < config.min_projection_share), torch.zeros_like(fraction),
+                       fraction)
 
+
+def _full_absorption(p, acts, decoder_cos, main, config: AbsorptionConfig) -> torch.Tensor:
+    proj = acts * decoder_cos
     main_silent = ~((acts.abs() >= 1e-8) & main).any(-1)
     top_projection, top_latent = proj.max(-1)
     top_cos = decoder_cos.gather(-1, top_latent[:, None])[:, 0]
-    full = (main_silent & (top_cos >= config.full_absorption_min_cos) & positive
-            & (top_projection >= config.min_projection_share * probe_projection))
-    return fraction, full
+    return (main_silent & (top_cos >= config.full_absorption_min_cos) & (p > 0)
+            & (top_projection >= config.min_projection_share * p))
+
+
+def scaled_cos_config(config: AbsorptionConfig, d_model: int) -> AbsorptionConfig:
+    """``config`` with both cosine thresholds multiplied by ``sqrt(REFERENCE_D_MODEL / d_model)``.
+
+    The cosine of two random directions in d dimensions spreads as ``1 / sqrt(d)``; SAEBench's
+    thresholds (0.1 and 0.025) were set for Gemma-2-2B (d_model 2304), where 0.1 is 4.8 standard
+    deviations of that spread. Scaled, they stand as far above chance at ``d_model``: a
+    diagnostic beside the official number, never a replacement for it."""
+    factor = (REFERENCE_D_MODEL / d_model) ** 0.5
+    return replace(config, absorber_min_cos=config.absorber_min_cos * factor,
+                   full_absorption_min_cos=config.full_absorption_min_cos * factor)
 
 
 # --- per-SAE evaluation ------------------------------------------------------------------------
@@ -617,17 +738,61 @@ def encode_in_chunks(sae, x: torch.Tensor, chunk_size: int = 1024) -> torch.Tens
     return torch.cat(out) if out else torch.empty(0, param.shape[0])
 
 
+@torch.no_grad()
+def unit_norm_latents(sae, x: torch.Tensor, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The SAE's decoder with unit-norm rows and its latents on ``x`` rescaled to match:
+    ``(W_dec (d_sae, d_in), acts (n, d_sae), rescaled)``. The absorption formula reads
+    ``act_j * cos_j`` as latent j's projection on the probe, which holds only for unit rows; an
+    SAE whose rows are not unit norm (ReLU-L1's decoder is unconstrained) is evaluated as the
+    equivalent SAE with unit rows (each latent multiplied by its row's norm), with a warning."""
+    W_dec = sae.W_dec.detach().float().cpu()
+    acts = encode_in_chunks(sae, x, chunk_size)
+    if not torch.isfinite(acts).all():
+        raise ValueError("the SAE's latents contain NaN or infinite values")
+    norms = W_dec.norm(dim=1)
+    rescaled = bool((norms - 1).abs().max() > UNIT_NORM_TOLERANCE) if len(norms) else False
+    if rescaled:
+        warnings.warn(f"the SAE's decoder rows are not unit norm (norms {float(norms.min()):.3g} to "
+                      f"{float(norms.max()):.3g}); absorption is measured on the equivalent SAE with unit rows "
+                      "(each latent multiplied by its row's norm)", stacklevel=2)
+        acts = acts * norms
+        W_dec = W_dec / norms[:, None].clamp_min(1e-12)
+    return W_dec, acts, rescaled
+
+
+def latent_groups(sae) -> torch.Tensor | None:
+    """(d_sae,) long: the Matryoshka group (0-based) of each latent; None for a one-group SAE."""
+    sizes = getattr(getattr(sae, "config", None), "group_sizes", None)
+    if not sizes or len(sizes) < 2:
+        return None
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+
+class SparseProbing(NamedTuple):
+    """What k-sparse probing finds for the 26 letters (``main_latents``).
+
+    Attributes:
+        main: each letter's main latents, best first.
+        f1: (max_k, 26) test F1 of the k-sparse probes for k = 1..max_k.
+        test_logits: (n_test, 26) each letter's k-sparse probe, at its number of main latents,
+            on the test rows (0 for a letter without main latents).
+    """
+
+    main: list[list[int]]
+    f1: torch.Tensor
+    test_logits: torch.Tensor
+
+
 def main_latents(
     train_acts: torch.Tensor,
     train_letters: torch.Tensor,
     test_acts: torch.Tensor,
     test_letters: torch.Tensor,
     config: AbsorptionConfig | None = None,
-) -> tuple[list[list[int]], torch.Tensor]:
-    """k-sparse probing. Returns each letter's main latents and the (max_k, 26) test F1 of the
-    k-sparse probes for k = 1..max_k. A letter keeps the top-k latents while each step from
-    k-1 to k raises F1 by more than ``f1_jump_threshold`` (k = 1 always; none for a letter
-    without train words)."""
+) -> SparseProbing:
+    """k-sparse probing: each letter's main latents, the k-sparse probes' test F1 and the chosen
+    probes' test logits. A letter keeps the top-k latents while each step from k-1 to k raises F1
+    by more than ``f1_jump_threshold`` (k = 1 always; none for a letter without train words)."""
     config = config or AbsorptionConfig()
     max_k = min(config.max_k, train_acts.shape[1])
     weight, _, gradient = l1_probe_weights(train_acts, train_letters, config.l1, config.l1_iterations)
@@ -637,103 +802,204 @@ def main_latents(
     n_pos = train_targets.sum(1)
     fitted = ((n_pos > 0) & (n_pos < len(train_letters))).nonzero()[:, 0]  # letters a probe can learn
     f1 = torch.zeros(max_k, len(LETTERS), dtype=torch.float64)
+    logits = torch.zeros(max_k, len(test_letters), len(LETTERS), dtype=torch.float64)
     for k in range(1, max_k + 1 if len(fitted) else 1):
         ids = ranked[fitted, :k]  # (C, k)
         w, b = fit_sparse_probes(train_acts[:, ids].permute(1, 0, 2), train_targets[fitted])  # (C, n, k)
-        logits = torch.einsum("cnk,ck->nc", test_acts[:, ids].permute(1, 0, 2).double(), w) + b  # (n_test, C)
-        f1[k - 1, fitted] = f1_scores(logits > 0, test_targets[:, fitted])
+        logits[k - 1][:, fitted] = torch.einsum("cnk,ck->nc", test_acts[:, ids].permute(1, 0, 2).double(), w) + b
+        f1[k - 1, fitted] = f1_scores(logits[k - 1][:, fitted] > 0, test_targets[:, fitted])
     jumps = (f1[1:] - f1[:-1]) > config.f1_jump_threshold  # (max_k-1, 26)
     n_main = 1 + jumps.long().cumprod(0).sum(0)  # leading run of jumps
     n_main[n_pos == 0] = 0  # no word of the letter to probe for
-    return [ranked[c, : int(n_main[c])].tolist() for c in range(len(LETTERS))], f1
+    chosen = logits[(n_main - 1).clamp_min(0), :, torch.arange(len(LETTERS))].T * (n_main > 0)  # (n_test, 26)
+    return SparseProbing([ranked[c, : int(n_main[c])].tolist() for c in range(len(LETTERS))], f1, chosen)
 
 
 @torch.no_grad()
 def evaluate_absorption(
     sae, data: LetterDataset, probes: LetterProbes, config: AbsorptionConfig | None = None
 ) -> dict[str, Any]:
-    """Absorption and feature splitting of one SAE (anything with ``encode``, ``W_dec``).
+    """Absorption and feature splitting of one SAE (anything with ``encode``, ``W_dec``), as
+    SAEBench scores them.
 
-    Returns a JSON-serialisable dict: the means over scored letters (those with at least one
-    test word the probe gets right, as SAEBench), their standard deviations, and per letter the
-    main latents, the split count, the k-sparse F1s, the mean absorption fraction and the
-    full-absorption rate. ``enough_letters`` is SAEBench's guard: at least ``min_letters``
-    letters whose probe has test F1 > ``min_probe_f1`` (otherwise SAEBench declines to score).
+    The official numbers are means over the letters whose model probe has test F1 above
+    ``min_probe_f1`` and at least one test word it gets right; with fewer than ``min_letters``
+    such letters SAEBench declines to score, and so do we: the means are None, ``scored`` is
+    False and ``not_scored_reason`` says why. A letter's absorption fraction is the mean over
+    its probe-correct test words (SAEBench since 2025-01 scores every such word).
+
+    ``diagnostics`` holds what SAEBench does not report: L0 on the letter prompts; the same mean
+    over every letter with a probe-correct word; the fraction summed over only the words the
+    main latents' k-sparse probe misses (the words SAEBench scored before 2025-01), still
+    divided by all probe-correct words; the fraction with the cosine thresholds scaled to
+    d_model (:func:`scaled_cos_config`); the share of the probe projection carried by all
+    latents, the main latents and the absorbers; and for a Matryoshka SAE which group the main
+    latents and the absorbers come from.
     """
     config = config or AbsorptionConfig()
     x = data.activations
-    W_dec = sae.W_dec.detach().float().cpu()  # (d_sae, d_in)
-    if W_dec.shape[1] != x.shape[1] or probes.weight.shape[1] != x.shape[1]:
+    if sae.W_dec.shape[1] != x.shape[1] or probes.weight.shape[1] != x.shape[1]:
         raise ValueError(
-            f"widths disagree: activations d_model={x.shape[1]}, SAE W_dec {tuple(W_dec.shape)}, "
+            f"widths disagree: activations d_model={x.shape[1]}, SAE W_dec {tuple(sae.W_dec.shape)}, "
             f"probes {tuple(probes.weight.shape)}"
         )
+    W_dec, acts, rescaled = unit_norm_latents(sae, x, config.chunk_size)  # (d_sae, d), (n, d_sae)
     train, test = data.words.is_train, ~data.words.is_train
     letters = data.words.letters
-    acts = encode_in_chunks(sae, x, config.chunk_size)  # (n, d_sae)
-    if not torch.isfinite(acts).all():
-        raise ValueError("the SAE's latents contain NaN or infinite values")
-    main, f1 = main_latents(acts[train], letters[train], acts[test], letters[test], config)
+    probing = main_latents(acts[train], letters[train], acts[test], letters[test], config)
     main_mask = torch.zeros(len(LETTERS), W_dec.shape[0], dtype=torch.bool)
-    for c, ids in enumerate(main):
+    for c, ids in enumerate(probing.main):
         main_mask[c, ids] = True
 
     # Test words of each letter that the model probe gets right.
-    logits = probes.logits(x.double())  # (n, 26)
-    right = test & (logits.gather(1, letters[:, None])[:, 0] > 0)
+    right = test & (probes.logits(x.double()).gather(1, letters[:, None])[:, 0] > 0)
     idx = right.nonzero()[:, 0]
+    test_row = torch.cumsum(test.long(), 0) - 1  # each row's index among the test rows
+    missed = probing.test_logits[test_row[idx], letters[idx]] <= 0  # the main latents' sparse probe says no
     directions = probes.directions.float()  # (26, d)
-    decoder_cos = directions @ (W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)).T  # (26, d_sae)
-    fraction = torch.zeros(len(idx))
-    full = torch.zeros(len(idx), dtype=torch.bool)
-    for s in range(0, len(idx), config.chunk_size):
-        rows = idx[s : s + config.chunk_size]
-        c = letters[rows]
-        fraction[s : s + len(rows)], full[s : s + len(rows)] = absorption_fractions(
-            x[rows], acts[rows], directions[c], decoder_cos[c], main_mask[c], config
-        )
-    c = letters[idx]
-    n_true_positives = torch.bincount(c, minlength=len(LETTERS))
-    fraction_sum = torch.zeros(len(LETTERS), dtype=torch.float64).index_add_(0, c, fraction.double())
-    full_count = torch.bincount(c, weights=full.double(), minlength=len(LETTERS))
-
-    per_letter, scored = {}, []
-    for i, letter in enumerate(LETTERS):
-        n_tp = int(n_true_positives[i])
-        row = {
-            "main_latents": main[i],
-            "num_split_latents": len(main[i]),
-            "k_sparse_f1": f1[:, i].tolist(),
-            "probe_test_f1": float(probes.test_f1[i]),
-            "num_probe_true_positives": n_tp,
-            "mean_absorption_fraction": float(fraction_sum[i]) / n_tp if n_tp else None,
-            "num_full_absorption": int(full_count[i]),
-            "full_absorption_rate": float(full_count[i]) / n_tp if n_tp else None,
-        }
-        per_letter[letter] = row
-        if n_tp:
-            scored.append(row)
-
-    def mean_and_std(key):
-        values = [row[key] for row in scored]
-        if not values:
-            return None, None
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
+    decoder_cos = directions @ W_dec.T  # (26, d_sae)
+    words = _score_words(x[idx], acts[idx], letters[idx], directions, decoder_cos, main_mask, config)
+    groups = latent_groups(sae)
+    per_letter = _per_letter(letters[idx], words, missed, probing, probes, groups, config)
+    scored = [row for row in per_letter.values() if row["scored"]]
     n_probe_ok = int((probes.test_f1 > config.min_probe_f1).sum())
-    absorption, absorption_std = mean_and_std("mean_absorption_fraction")
-    full_rate, full_std = mean_and_std("full_absorption_rate")
-    splits, splits_std = mean_and_std("num_split_latents")
-    return {
-        "mean_absorption_fraction": absorption,
-        "mean_full_absorption_rate": full_rate,
-        "mean_num_split_latents": splits,
-        "std_absorption_fraction": absorption_std,
-        "std_full_absorption_rate": full_std,
-        "std_num_split_latents": splits_std,
+    enough = n_probe_ok >= config.min_letters
+    reason = None if enough else (f"only {n_probe_ok} of 26 letter probes have test F1 > {config.min_probe_f1}; "
+                                  f"SAEBench needs {config.min_letters} to score absorption")
+    official = scored if enough else []
+    result = {
+        "scored": enough,
+        "not_scored_reason": reason,
+        **_means(official, {"mean_absorption_fraction": "mean_absorption_fraction",
+                            "mean_full_absorption_rate": "full_absorption_rate",
+                            "mean_num_split_latents": "num_split_latents"}),
         "n_letters_scored": len(scored),
         "n_letters_probe_ok": n_probe_ok,
-        "enough_letters": n_probe_ok >= config.min_letters,
-        "letters": per_letter,
-        "config": asdict(config),
+        "enough_letters": enough,
     }
+    with_words = [row for row in per_letter.values() if row["num_probe_true_positives"]]
+    scaled = scaled_cos_config(config, x.shape[1])
+    diagnostics = {
+        "l0_letter_prompts": float((acts > 0).sum(1).double().mean()) if len(acts) else None,
+        "decoder_rows_rescaled": rescaled,
+        **_means(with_words, {"mean_absorption_fraction_all_letters": "mean_absorption_fraction",
+                              "mean_num_split_latents_all_letters": "num_split_latents"}, with_std=False),
+        **_means(scored, {"mean_absorption_fraction_missed_words": "absorption_fraction_missed_words",
+                          "mean_absorption_fraction_scaled_cos": "absorption_fraction_scaled_cos",
+                          "share_all_latents": "share_all_latents", "share_main_latents": "share_main_latents",
+                          "share_absorbers": "share_absorbers"}, with_std=False),
+        "scaled_cos_thresholds": {"absorber_min_cos": scaled.absorber_min_cos,
+                                  "full_absorption_min_cos": scaled.full_absorption_min_cos},
+        "diagnostic_letters": f"the {len(scored)} letters with probe test F1 > {config.min_probe_f1} and a "
+                              "probe-correct test word",
+    }
+    if groups is not None:
+        diagnostics.update(_group_summary(scored, groups))
+    return {**result, "diagnostics": diagnostics, "letters": per_letter, "config": asdict(config)}
+
+
+def _score_words(x, acts, letters, directions, decoder_cos, main_mask, config) -> dict[str, torch.Tensor]:
+    """Per probe-correct word: the official fraction and full flag, the fraction with scaled
+    cosine thresholds, the projections and the absorbing latents (chunked for memory)."""
+    scaled = scaled_cos_config(config, x.shape[1])
+    keys = ("fraction", "full", "fraction_scaled_cos", "probe", "all_latents", "main", "absorbed")
+    out: dict[str, list[torch.Tensor]] = {key: [] for key in (*keys, "absorbers", "absorber_projection")}
+    for s in range(0, len(x), config.chunk_size):
+        rows = slice(s, s + config.chunk_size)
+        c = letters[rows]
+        args = (x[rows], acts[rows], directions[c], decoder_cos[c], main_mask[c])
+        parts = _word_projections(*args, config)
+        out["fraction"].append(_fractions(parts, config))
+        out["full"].append(_full_absorption(parts.probe, acts[rows], decoder_cos[c], main_mask[c], config))
+        out["fraction_scaled_cos"].append(_fractions(_word_projections(*args, scaled), scaled))
+        for key in ("probe", "all_latents", "main", "absorbed", "absorbers", "absorber_projection"):
+            out[key].append(getattr(parts, key))
+    n_absorbers = min(config.max_absorbers, acts.shape[1])
+    empty = {"absorbers": torch.empty(0, n_absorbers, dtype=torch.long),
+             "absorber_projection": torch.empty(0, n_absorbers), "full": torch.empty(0, dtype=torch.bool)}
+    return {key: torch.cat(parts) if parts else empty.get(key, torch.empty(0)) for key, parts in out.items()}
+
+
+def _per_letter(letters, words, missed, probing: SparseProbing, probes: LetterProbes, groups, config) -> dict:
+    """One JSON-ready row per letter from the per-word results (``letters`` (m,) of the words)."""
+    absorbing = words["fraction"] > 0
+    rows = {}
+    for c, letter in enumerate(LETTERS):
+        mine = letters == c
+        n_tp = int(mine.sum())
+        absorbers = words["absorbers"][mine & absorbing]
+        ids, counts = absorbers[absorbers >= 0].unique(return_counts=True)
+        top = counts.argsort(descending=True, stable=True)[:5]
+        probe_f1 = float(probes.test_f1[c])
+        rows[letter] = {
+            "main_latents": probing.main[c],
+            "num_split_latents": len(probing.main[c]),
+            "k_sparse_f1": probing.f1[:, c].tolist(),
+            "probe_test_f1": probe_f1,
+            "scored": bool(n_tp and probe_f1 > config.min_probe_f1),
+            "num_probe_true_positives": n_tp,
+            "mean_absorption_fraction": _sum_over(words["fraction"], mine, n_tp),
+            "num_full_absorption": int(words["full"][mine].sum()),
+            "full_absorption_rate": _sum_over(words["full"], mine, n_tp),
+            "num_missed_by_main_latents": int(missed[mine].sum()),
+            # summed over the missed words only, divided by all probe-correct words
+            "absorption_fraction_missed_words": _sum_over(words["fraction"], mine & missed, n_tp),
+            "absorption_fraction_scaled_cos": _sum_over(words["fraction_scaled_cos"], mine, n_tp),
+            **{f"share_{name}": _share(words[key], words["probe"], mine)
+               for name, key in (("all_latents", "all_latents"), ("main_latents", "main"), ("absorbers", "absorbed"))},
+            "top_absorbers": [{"latent": int(ids[i]), "words": int(counts[i]),
+                               "group": int(groups[ids[i]]) if groups is not None else None} for i in top],
+            "main_latent_groups": [int(groups[j]) for j in probing.main[c]] if groups is not None else None,
+            "absorber_projection_by_group": (
+                _by_group(words["absorbers"][mine & absorbing], words["absorber_projection"][mine & absorbing], groups)
+                if groups is not None else None),
+        }
+    return rows
+
+
+def _sum_over(values: torch.Tensor, where: torch.Tensor, n: int) -> float | None:
+    """``values[where].sum() / n``; None when ``n`` is 0."""
+    return float(values[where].double().sum()) / n if n else None
+
+
+def _share(part: torch.Tensor, probe: torch.Tensor, where: torch.Tensor) -> float | None:
+    """The summed ``part`` over the summed probe projection ``probe`` of the words ``where``
+    (a ratio of sums: words with a small projection do not dominate it); None without words."""
+    total = float(probe[where].double().sum())
+    return float(part[where].double().sum()) / total if bool(where.any()) and total > 0 else None
+
+
+def _by_group(ids: torch.Tensor, values: torch.Tensor, groups: torch.Tensor) -> list[float]:
+    """(n_groups,) summed ``values`` of the latents ``ids`` (-1: none) by their group."""
+    n_groups = int(groups.max()) + 1
+    keep = ids >= 0
+    return torch.zeros(n_groups, dtype=torch.float64).index_add_(
+        0, groups[ids[keep]], values[keep].double()).tolist()
+
+
+def _group_summary(scored: list[dict], groups: torch.Tensor) -> dict[str, list[float]]:
+    """Which Matryoshka group the scored letters' main latents and absorbers come from: the
+    share of main latents, and of the absorbed projection, in each group."""
+    n_groups = int(groups.max()) + 1
+    main = torch.zeros(n_groups, dtype=torch.float64)
+    absorbed = torch.zeros(n_groups, dtype=torch.float64)
+    for row in scored:
+        for g in row["main_latent_groups"]:
+            main[g] += 1
+        absorbed += torch.tensor(row["absorber_projection_by_group"], dtype=torch.float64)
+    return {"group_sizes": torch.bincount(groups, minlength=n_groups).tolist(),
+            "main_latents_by_group": (main / main.sum()).tolist() if main.sum() > 0 else None,
+            "absorbed_projection_by_group": (absorbed / absorbed.sum()).tolist() if absorbed.sum() > 0 else None}
+
+
+def _means(rows: list[dict], keys: dict[str, str], with_std: bool = True) -> dict[str, float | None]:
+    """``{name: mean over rows of row[key]}`` (skipping None), and ``std_...`` (sample std) with
+    ``with_std``; None where no row has a value."""
+    out: dict[str, float | None] = {}
+    for name, key in keys.items():
+        values = [row[key] for row in rows if row[key] is not None]
+        out[name] = statistics.mean(values) if values else None
+        if with_std:
+            std_name = name.replace("mean_", "std_", 1)
+            out[std_name] = (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+    return out

@@ -34,6 +34,9 @@ from .names import parse_sae_name, sae_name
 
 METRICS = ("absorption", "probing", "meta_sae", "concepts", "autointerp")
 MIN_FIRES = 5  # a latent needs this many firing tokens for its concept F1 to count
+# Part of the key of saved results: raise it when a metric's code changes what it computes, so
+# results saved by older code are recomputed rather than read back.
+EVAL_CODE_VERSION = 2  # 2: SAEBench's letter filter, letter-probe recipe and unit-norm rescaling
 
 
 # SAEBench's probing datasets used on the paper profile (Bias in Bios also gives SCR and TPP).
@@ -45,8 +48,10 @@ class EvalConfig:
     """The settings of the feature evaluations of one profile (``msae.experiments.profiles``).
 
     Attributes:
-        letter_max_words: a seeded sample of this many letter-only vocabulary tokens for absorption; None: all.
-        letter_seed: the seed of that sample and of the letter probes' train/test split.
+        letter_max_words: a seeded sample of this many letter-only vocabulary tokens for absorption;
+            None: all of them, as SAEBench (47k tokens for SmolLM2: about an hour of CPU, once).
+        letter_seed: the seed of that sample, of the letter probes' train/test split and of their training.
+        letter_probe_recipe: how the letter probes are fitted (``msae.evals.absorption.train_letter_probes``).
         n_stories: stories for probing (train and test).
         concept_stories: the first stories, whose tokens the concept F1 and Fig 4 use.
         story_seed: the seed of the evaluation stories: neither the training corpus's (0) nor the held-out one's (1).
@@ -58,8 +63,9 @@ class EvalConfig:
         seed: the seed of everything else drawn at random.
     """
 
-    letter_max_words: int | None = 2000
+    letter_max_words: int | None = None
     letter_seed: int = 0
+    letter_probe_recipe: absorption.ProbeRecipe = "saebench"
     n_stories: int = 1500
     concept_stories: int = 400
     story_seed: int = 2
@@ -71,6 +77,8 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.letter_probe_recipe not in ("saebench", "converged"):
+            raise ValueError(f"letter_probe_recipe must be 'saebench' or 'converged', got {self.letter_probe_recipe!r}")
         if self.probe_source not in ("stories", "saebench"):
             raise ValueError(f"probe_source must be 'stories' or 'saebench', got {self.probe_source!r}")
         if not 0 < self.concept_stories <= self.n_stories:
@@ -80,8 +88,16 @@ class EvalConfig:
 def flat_columns(metric: str, result: dict[str, Any]) -> dict[str, Any]:
     """The scalar columns one SAE's ``metric`` result adds to its row (:meth:`FeatureEvaluator.rows`)."""
     if metric == "absorption":
+        diagnostics = result["diagnostics"]
         return {"absorption": result["mean_absorption_fraction"], "full_absorption": result["mean_full_absorption_rate"],
-                "split_latents": result["mean_num_split_latents"], "letters_scored": result["n_letters_scored"]}
+                "split_latents": result["mean_num_split_latents"], "letters_scored": result["n_letters_scored"],
+                "absorption_scored": result["scored"],
+                "absorption_all_letters": diagnostics["mean_absorption_fraction_all_letters"],
+                "split_latents_all_letters": diagnostics["mean_num_split_latents_all_letters"],
+                "absorption_missed_words": diagnostics["mean_absorption_fraction_missed_words"],
+                "absorption_scaled_cos": diagnostics["mean_absorption_fraction_scaled_cos"],
+                "l0_letter_prompts": diagnostics["l0_letter_prompts"],
+                **{f"probe_share_{part}": diagnostics[f"share_{part}"] for part in ("all_latents", "main_latents", "absorbers")}}
     if metric == "probing":
         summary = result["summary"]
         return {**{f"sparse_probing_top{k}": v for k, v in summary["sparse_probing_top_k"].items()},
@@ -95,6 +111,47 @@ def flat_columns(metric: str, result: dict[str, Any]) -> dict[str, Any]:
     if metric == "autointerp":
         return {} if result.get("skipped") else {"autointerp_score": result["score"]}
     raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
+
+
+def reported_absorption(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, float | None]]:
+    """``(label, {name: value})`` for a figure's absorption of several SAEs' ``absorption``
+    results: SAEBench's official mean when every SAE is scored; otherwise, so that the figure
+    still shows something, the diagnostic mean over every letter with a probe-correct word,
+    with a label that says so."""
+    if all(result["scored"] for result in results.values()):
+        return "absorption (first letter)", {n: r["mean_absorption_fraction"] for n, r in results.items()}
+    return ("absorption, every letter (not scored by SAEBench's rule)",
+            {n: r["diagnostics"]["mean_absorption_fraction_all_letters"] for n, r in results.items()})
+
+
+def absorption_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The absorption notebook's table: per SAE (rows of :meth:`FeatureEvaluator.rows` with
+    the absorption columns) the official numbers, or "not scored", then the diagnostics."""
+    def official(row, key):
+        return row[key] if row["absorption_scored"] else "not scored"
+
+    return [{"sae": r["sae"], "L0": r["l0"], "L0 letters": r["l0_letter_prompts"],
+             "absorption": official(r, "absorption"), "full": official(r, "full_absorption"),
+             "split": official(r, "split_latents"), "every letter": r["absorption_all_letters"],
+             "missed words": r["absorption_missed_words"], "scaled cos": r["absorption_scaled_cos"],
+             "share all": r["probe_share_all_latents"], "share main": r["probe_share_main_latents"],
+             "share absorbers": r["probe_share_absorbers"]} for r in rows]
+
+
+def absorption_group_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per Matryoshka SAE of ``{name: absorption result}``: the share of the main latents, and
+    of the absorbed probe projection, in each group (one-group SAEs are left out)."""
+    rows = []
+    for name, result in results.items():
+        diagnostics = result["diagnostics"]
+        if "group_sizes" not in diagnostics:
+            continue
+        for label, key in (("main latents", "main_latents_by_group"), ("absorbed projection", "absorbed_projection_by_group")):
+            shares = diagnostics[key] or [None] * len(diagnostics["group_sizes"])
+            rows.append({"sae": name, "share of": label,
+                         **{f"group {g + 1} ({size})": share for g, (size, share) in
+                            enumerate(zip(diagnostics["group_sizes"], shares))}})
+    return rows
 
 
 def open_evaluator(profile: str, corpus: str | None, runs_dir: str | Path, cache_dir: str | Path, progress: bool = True,
@@ -132,7 +189,7 @@ class FeatureEvaluator:
         self.results, self.config, self.progress, self.judge = results, config, progress, judge
         self.model = results.model
         sweep = results.config
-        key = {"model": sweep.model_name, "hook": sweep.hook_name, "eval": asdict(config)}
+        key = {"model": sweep.model_name, "hook": sweep.hook_name, "eval": asdict(config), "code": EVAL_CODE_VERSION}
         self._probe_cache: dict[str, dict] = {}  # model-activation probes, trained once per dataset
         self.data_dir = Path(data_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -148,7 +205,7 @@ class FeatureEvaluator:
                 self.model, self.results.config.hook_name, seed=cfg.letter_seed, max_words=cfg.letter_max_words,
                 progress=self.progress)
             absorption.save_letter_dataset(data, folder)
-        return data, absorption.train_letter_probes(data)
+        return data, absorption.train_letter_probes(data, self.config.letter_probe_recipe, self.config.letter_seed)
 
     @cached_property
     def stories(self) -> story_activations.TextActivations:
@@ -233,6 +290,13 @@ class FeatureEvaluator:
     def _absorption(self, sae) -> dict[str, Any]:
         data, probes = self.letters
         return absorption.evaluate_absorption(sae, data, probes)
+
+    def absorption_with_probe_recipe(self, name: str, recipe: absorption.ProbeRecipe) -> dict[str, Any]:
+        """Absorption of the SAE ``name`` with the letter probes fitted by ``recipe`` instead of
+        the configured one (not cached): does the probes' training move the result?"""
+        data, _ = self.letters
+        probes = absorption.train_letter_probes(data, recipe, self.config.letter_seed)
+        return absorption.evaluate_absorption(load_sae(self.results.sae_path(name)).eval(), data, probes)
 
     def _probing(self, sae) -> dict[str, Any]:
         results = {}

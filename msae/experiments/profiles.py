@@ -110,7 +110,7 @@ STUDIES = {
 
 # --- the feature-quality evaluations (Figs 1, 4, 6, 7, 9, 14) ---------------------------------
 FEATURE_EVALS = {
-    "paper": EvalConfig(letter_max_words=None, probe_source="saebench", meta_sae_steps=3000),
+    "paper": EvalConfig(probe_source="saebench", meta_sae_steps=3000),
     "default": EvalConfig(),
     "smoke": EvalConfig(letter_max_words=400, n_stories=240, concept_stories=60, meta_sae_steps=60,
                         meta_sae_batch_size=256, autointerp_latents=5),

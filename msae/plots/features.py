@@ -15,10 +15,18 @@ from .lm import ARCHITECTURES, Rows, plot_vs_l0
 
 
 def absorption_vs_l0(rows: Rows) -> plt.Figure:
-    """Fig 6: mean first-letter absorption fraction and mean number of split latents per letter."""
+    """Fig 6: mean first-letter absorption fraction and mean number of split latents per letter:
+    SAEBench's scores (solid, where it scores them), and the same means over every letter with a
+    probe-correct word (dashed: a diagnostic, drawn so the figure says something where SAEBench's
+    rule declines to score)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     plot_vs_l0(rows, "absorption", left, "mean absorption fraction (lower is better)")
     plot_vs_l0(rows, "split_latents", right, "split latents per letter")
+    every_letter = {name: (f"{label}, every letter", colour, marker) for name, (label, colour, marker) in ARCHITECTURES.items()}
+    plot_vs_l0(rows, "absorption_all_letters", left, architectures=every_letter, linestyle="--", alpha=0.6)
+    plot_vs_l0(rows, "split_latents_all_letters", right, architectures=every_letter, linestyle="--", alpha=0.6)
+    left.set_ylabel("mean absorption fraction (lower is better)")
+    right.set_ylabel("split latents per letter")
     left.legend()
     return fig
 
