@@ -7,3 +7,9 @@ def test_format_table_aligns_and_rounds():
     assert lines[0].split() == ["name", "x", "n"]
     assert lines[1].split() == ["a", "0.123", "3"] and lines[2].split() == ["long", "name", "10.000", "12"]
     assert len({len(line) for line in lines}) == 1  # every line the same width
+
+
+def test_format_table_shows_missing_values_as_not_available():
+    text = format_table([{"name": "old", "x": None}, {"name": "new", "x": 0.5, "kl": 0.25}], ["name", "x", "kl"])
+    assert [line.split() for line in text.splitlines()] == [["name", "x", "kl"], ["old", "n/a", "n/a"],
+                                                            ["new", "0.500", "0.250"]]

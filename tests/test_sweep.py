@@ -46,6 +46,24 @@ def test_a_second_run_reuses_everything(paper_like, monkeypatch):
     assert again.metrics == results.metrics
 
 
+def test_results_from_before_kl_are_evaluated_again(paper_like, monkeypatch):
+    config, runs, model, results = paper_like
+    import msae.experiments.sweep as module
+
+    path = results.folder / "results.json"
+    saved = json.loads(path.read_text())
+    old = {name: {k: v for k, v in m.items() if k != "kl_sae"} if name == "matryoshka_k2" else m
+           for name, m in saved.items()}
+    path.write_text(json.dumps(old))
+    evaluated = []
+    real = module.evaluate_sae
+    monkeypatch.setattr(module, "evaluate_sae", lambda sae, *a, **k: evaluated.append(sae.d_sae) or real(sae, *a, **k))
+    again = sweep.run_sweep(config, runs, progress=False, model=model)
+    assert evaluated == [64]  # only the SAE whose metrics lacked KL
+    assert again.metrics["matryoshka_k2"]["kl_sae"] == pytest.approx(saved["matryoshka_k2"]["kl_sae"], rel=1e-5)
+    assert again.metrics["matryoshka_k2"]["kl_sae"] >= 0
+
+
 def test_gpu_profile_without_a_gpu_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):

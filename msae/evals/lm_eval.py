@@ -6,7 +6,14 @@ point, computed once; every SAE is then scored on the same tokens:
 - L0, fraction of latents alive, firing frequency per latent, variance explained;
 - cross-entropy of next-token prediction with the SAE's reconstruction spliced in at the hook
   (``ce_sae``), against the clean model (``ce_clean``) and the hook zeroed (``ce_zero``), and
-  loss recovered ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``.
+  loss recovered ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``;
+- the KL divergence of the spliced model's next-token distribution from the clean model's
+  (``kl_sae``, SAEBench's other downstream metric): unlike CE it cannot fall below the clean
+  model's, so it says how far the reconstruction moves the predictions whichever way CE moves.
+
+:func:`splice_controls` puts the SAE's CE and KL beside those of other lossy replacements
+(a PCA reconstruction with the same variance explained, the clean activations plus noise as
+large as the SAE's error), to tell what about the SAE moves them.
 
 Only kept positions (not special tokens, not the first position of a context) are replaced and
 scored; the model runs from the hook's layer onwards (``start_at_layer``), not from scratch.
@@ -14,6 +21,7 @@ scored; the model runs from the hook's layer onwards (``start_at_layer``), not f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,22 +84,59 @@ def build_eval_set(
     return EvalSet(tokens, keep, resid, layer, hook_name, ce_clean, ce_zero)
 
 
+def _logits_from(model, eval_set: EvalSet, resid: torch.Tensor) -> torch.Tensor:
+    """(b, ctx, vocab) float32 logits of the model run on from the hook with ``resid`` (b, ctx, d_model)."""
+    return model(resid.to(model.cfg.device), start_at_layer=eval_set.layer + 1).float().cpu()
+
+
+def _chunks(eval_set: EvalSet, batch_contexts: int):
+    """(contexts slice, kept-rows slice, scored (b, ctx-1) bool) per chunk of contexts: the kept
+    rows are those of ``eval_set.x`` in the chunk, the scored positions the predictions made at
+    kept positions."""
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), eval_set.keep.sum(1).cumsum(0)])
+    for start in range(0, eval_set.resid.shape[0], batch_contexts):
+        end = min(start + batch_contexts, eval_set.resid.shape[0])
+        yield slice(start, end), slice(int(offsets[start]), int(offsets[end])), eval_set.keep[start:end, :-1]
+
+
 @torch.no_grad()
 def cross_entropy_with(model, eval_set: EvalSet, replacement: torch.Tensor, batch_contexts: int = 8) -> float:
     """Mean next-token cross-entropy over kept positions, with the residual stream at kept
     positions replaced by ``replacement`` (n_kept, d_model)."""
-    resid = eval_set.resid.clone()
-    resid[eval_set.keep] = replacement.to(resid.dtype)
     total, count = 0.0, 0
-    for start in range(0, resid.shape[0], batch_contexts):
-        chunk = resid[start : start + batch_contexts].to(model.cfg.device)
-        logits = model(chunk, start_at_layer=eval_set.layer + 1).float().cpu()  # (b, ctx, vocab)
-        tokens = eval_set.tokens[start : start + batch_contexts]
-        scored = eval_set.keep[start : start + batch_contexts, :-1]  # predictions made at kept positions
-        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none")
-        total += float(losses[scored.reshape(-1)].sum())
+    for contexts, rows, scored in _chunks(eval_set, batch_contexts):
+        resid = eval_set.resid[contexts].clone()
+        resid[eval_set.keep[contexts]] = replacement[rows].to(resid.dtype)
+        logits = _logits_from(model, eval_set, resid)[:, :-1]
+        losses = F.cross_entropy(logits[scored], eval_set.tokens[contexts, 1:][scored], reduction="sum")
+        total += float(losses)
         count += int(scored.sum())
     return total / count
+
+
+@torch.no_grad()
+def spliced_losses(
+    model, eval_set: EvalSet, replacements: Sequence[torch.Tensor], batch_contexts: int = 8
+) -> list[dict[str, float]]:
+    """For each (n_kept, d_model) replacement: ``ce``, the mean next-token cross-entropy with it
+    spliced in at kept positions, and ``kl``, the mean KL divergence ``KL(clean || spliced)`` of
+    the next-token distributions, both over the predictions made at kept positions. The clean
+    logits are computed once per chunk and shared by all replacements."""
+    ce = [0.0] * len(replacements)
+    kl = [0.0] * len(replacements)
+    count = 0
+    for contexts, rows, scored in _chunks(eval_set, batch_contexts):
+        clean = eval_set.resid[contexts]
+        clean_logp = F.log_softmax(_logits_from(model, eval_set, clean)[:, :-1][scored], dim=-1)  # (m, vocab)
+        targets = eval_set.tokens[contexts, 1:][scored]
+        for i, replacement in enumerate(replacements):
+            resid = clean.clone()
+            resid[eval_set.keep[contexts]] = replacement[rows].to(resid.dtype)
+            logp = F.log_softmax(_logits_from(model, eval_set, resid)[:, :-1][scored], dim=-1)
+            ce[i] += float(F.nll_loss(logp, targets, reduction="sum"))
+            kl[i] += float(F.kl_div(logp, clean_logp, log_target=True, reduction="sum"))
+        count += int(scored.sum())
+    return [{"ce": c / count, "kl": k / count} for c, k in zip(ce, kl)]
 
 
 def loss_recovered(ce_sae: float, ce_clean: float, ce_zero: float) -> float:
@@ -118,7 +163,8 @@ def evaluate_sae(sae, model, eval_set: EvalSet, prefix_ends: list[int] | None = 
             l0s[i] += float((kept != 0).sum())
             x_hats[i][start : start + chunk] = (kept @ sae.W_dec[:width] + sae.b_dec).cpu()
     frequency = fired / len(x)
-    result = _reconstruction_metrics(model, eval_set, x_hats[-1], l0s[-1] / len(x))
+    losses = spliced_losses(model, eval_set, x_hats)
+    result = _reconstruction_metrics(eval_set, x_hats[-1], l0s[-1] / len(x), losses[-1])
     result.update(
         fraction_alive=float((frequency > 0).float().mean()),
         mean_max_cosine=metrics.mean_max_decoder_cosine(sae.W_dec),
@@ -126,19 +172,60 @@ def evaluate_sae(sae, model, eval_set: EvalSet, prefix_ends: list[int] | None = 
     )
     if prefix_ends:
         result["prefixes"] = [
-            {"width": width, **_reconstruction_metrics(model, eval_set, x_hat, l0 / len(x))}
-            for width, x_hat, l0 in zip(widths[:-1], x_hats[:-1], l0s[:-1])
+            {"width": width, **_reconstruction_metrics(eval_set, x_hat, l0 / len(x), loss)}
+            for width, x_hat, l0, loss in zip(widths[:-1], x_hats[:-1], l0s[:-1], losses[:-1])
         ]
     return result
 
 
-def _reconstruction_metrics(model, eval_set: EvalSet, x_hat: torch.Tensor, l0: float) -> dict:
-    ce_sae = cross_entropy_with(model, eval_set, x_hat)
+def _reconstruction_metrics(eval_set: EvalSet, x_hat: torch.Tensor, l0: float, losses: dict[str, float]) -> dict:
     return {
         "l0": l0,
         "variance_explained": metrics.variance_explained(eval_set.x, x_hat),
         "ce_clean": eval_set.ce_clean,
         "ce_zero": eval_set.ce_zero,
-        "ce_sae": ce_sae,
-        "loss_recovered": loss_recovered(ce_sae, eval_set.ce_clean, eval_set.ce_zero),
+        "ce_sae": losses["ce"],
+        "kl_sae": losses["kl"],
+        "loss_recovered": loss_recovered(losses["ce"], eval_set.ce_clean, eval_set.ce_zero),
     }
+
+
+def pca_reconstruction(x: torch.Tensor, min_variance_explained: float) -> tuple[torch.Tensor, int]:
+    """``x`` (n, d) projected onto its top principal components (about its mean), as few as
+    explain at least ``min_variance_explained`` of its variance (``metrics.variance_explained``).
+    Returns the reconstruction and the number of components."""
+    x64 = x.double()
+    mean = x64.mean(0)
+    _, _, vh = torch.linalg.svd(x64 - mean, full_matrices=False)  # rows of vh: principal directions
+    for m in range(1, vh.shape[0] + 1):
+        basis = vh[:m]
+        x_hat = (x64 - mean) @ basis.T @ basis + mean
+        if metrics.variance_explained(x64, x_hat) >= min_variance_explained:
+            return x_hat.to(x.dtype), m
+    return x, vh.shape[0]
+
+
+@torch.no_grad()
+def splice_controls(sae, model, eval_set: EvalSet, seed: int = 0) -> dict[str, dict[str, float]]:
+    """CE and KL with the SAE's reconstruction spliced in, beside three controls on the same
+    tokens: ``clean`` (the activations themselves: CE ``ce_clean``, KL 0), ``pca`` (the PCA
+    reconstruction with at least the SAE's variance explained) and ``noise`` (the clean
+    activations plus isotropic Gaussian noise scaled, token by token, to the norm of the SAE's
+    error there). Each entry: ``ce``, ``kl``, ``variance_explained`` (and ``n_components`` for
+    ``pca``). If PCA also lowers CE below clean, any reconstruction of that quality does; if
+    noise of the same size raises it, the direction of the SAE's error matters."""
+    x = eval_set.x
+    param = next(sae.parameters())
+    x_sae = torch.cat([sae.decode(sae.encode(x[i : i + 4096].to(param.device))).float().cpu()
+                       for i in range(0, len(x), 4096)])
+    variance_explained = metrics.variance_explained(x, x_sae)
+    x_pca, n_components = pca_reconstruction(x, variance_explained)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    error_norm = (x - x_sae).norm(dim=1, keepdim=True)
+    x_noise = x + noise / noise.norm(dim=1, keepdim=True) * error_norm
+    replacements = {"clean": x, "sae": x_sae, "pca": x_pca, "noise": x_noise}
+    losses = spliced_losses(model, eval_set, list(replacements.values()))
+    out = {name: {**loss, "variance_explained": metrics.variance_explained(x, r)}
+           for (name, r), loss in zip(replacements.items(), losses)}
+    out["pca"]["n_components"] = n_components
+    return out

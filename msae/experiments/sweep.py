@@ -21,8 +21,9 @@ import torch
 
 from ..data.activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
 from ..data.models import load_model
-from ..evals.lm_eval import build_eval_set, evaluate_sae
+from ..evals.lm_eval import EvalSet, build_eval_set, evaluate_sae, splice_controls
 from ..files import write_json
+from ..io import load_sae
 from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from ..saes.registry import build_sae
 from ..training.loop import TrainConfig, train_many
@@ -148,6 +149,20 @@ class SweepResults:
     def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict], model=None):
         self.folder, self.config, self.metrics = folder, config, metrics
         self.model = model  # the language model the SAEs read, for further evaluations
+        self._eval_set: EvalSet | None = None
+
+    def eval_set(self) -> EvalSet:
+        """The held-out tokens the metrics were computed on (rebuilt once, a model pass)."""
+        if self._eval_set is None:
+            self._eval_set = sweep_eval_set(self.model, self.config)
+        return self._eval_set
+
+    def splice_control_rows(self, name: str, seed: int = 0) -> list[dict[str, Any]]:
+        """One row per replacement spliced into the model for SAE ``name``
+        (``msae.evals.lm_eval.splice_controls``): ``sae``, ``replacement``, ``ce``, ``kl``,
+        ``variance_explained`` (and ``n_components`` for the PCA reconstruction)."""
+        controls = splice_controls(load_sae(self.sae_path(name)).eval(), self.model, self.eval_set(), seed)
+        return [{"sae": name, "replacement": replacement, **values} for replacement, values in controls.items()]
 
     def sae_path(self, name: str) -> Path:
         return self.folder / name / "sae"
@@ -215,6 +230,12 @@ class SweepResults:
         return format_table(self.rows(names), ["sae", *columns])
 
 
+def sweep_eval_set(model, config: SweepConfig) -> EvalSet:
+    """The sweep's held-out evaluation tokens and their clean activations."""
+    return build_eval_set(model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
+                          config.exclude_first, config.prepend_bos)
+
+
 def run_sweep(
     config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None,
     studies: Sequence[str] = (), study_config: StudyConfig | None = None,
@@ -234,10 +255,7 @@ def run_sweep(
     if config.storage == "disk":
         activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress)
     write_json(folder / "config.json", asdict(config))
-    eval_set = build_eval_set(
-        model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
-        config.exclude_first, config.prepend_bos,
-    )
+    eval_set = sweep_eval_set(model, config)
 
     def stream():
         if config.storage == "live":
@@ -258,7 +276,7 @@ def run_sweep(
                 for name, fields in group.items()}
         trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
         for name, result in trained.items():
-            if name not in metrics:
+            if name not in metrics or "kl_sae" not in metrics[name]:  # new, or evaluated before KL was measured
                 groups = group[name].get("group_sizes")
                 ends = prefix_ends(groups) if prefixes and groups and len(groups) > 1 else None
                 metrics[name] = {"config": result.sae.export_config(), **evaluate_sae(result.sae, model, eval_set, ends)}

@@ -44,12 +44,14 @@ def plot_vs_l0(rows: Rows, metric: str, ax: plt.Axes | None = None, ylabel: str 
 
 
 def reconstruction_vs_l0(rows: Rows) -> plt.Figure:
-    """Fig 5: variance explained and cross-entropy with the SAE spliced in, against L0."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    """Fig 5: variance explained, cross-entropy with the SAE spliced in and the KL divergence of
+    the spliced model's predictions from the clean model's, against L0."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
     plot_vs_l0(rows, "variance_explained", left, "variance explained")
-    plot_vs_l0(rows, "ce_sae", right, "cross-entropy with SAE (nats)")
-    right.axhline(rows[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
-    right.legend()
+    plot_vs_l0(rows, "ce_sae", middle, "cross-entropy with SAE (nats)")
+    middle.axhline(rows[0]["ce_clean"], color="gray", linestyle="--", label="clean model")
+    middle.legend()
+    plot_vs_l0(rows, "kl_sae", right, "KL(clean || with SAE) (nats)")
     return fig
 
 
