@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from msae.data.stories import generate_stories
+from msae.evals import probes
 from msae.evals.probe_tasks import (
     GROUP_OF_PROFESSION,
     STORY_SCR,
@@ -61,10 +62,11 @@ def test_story_scr_task(labels, seed):
         group = GROUP_OF_PROFESSION[labels[r]["profession"]]
         return int(group in target.positive), int(labels[r]["gender"] in spurious.positive)
 
-    # biased: only (A, male) labelled 1 and (B, female) labelled 0, equally many
-    for r, y in zip(task.biased_train.rows.tolist(), task.biased_train.labels.tolist()):
-        assert attributes(r) == (y, y)
-    assert class_counts(task.biased_train, 2)[0] == class_counts(task.biased_train, 2)[1]
+    # biased: only (A, male) labelled 1 and (B, female) labelled 0, equally many, on each side
+    for biased in (task.biased_train, task.biased_test):
+        for r, y in zip(biased.rows.tolist(), biased.labels.tolist()):
+            assert attributes(r) == (y, y)
+        assert class_counts(biased, 2)[0] == class_counts(biased, 2)[1]
     # balanced: the four combinations equally often, labelled by each attribute
     for t_split, s_split in ((task.target_train, task.spurious_train), (task.target_test, task.spurious_test)):
         assert torch.equal(t_split.rows, s_split.rows)
@@ -72,7 +74,7 @@ def test_story_scr_task(labels, seed):
         assert pairs == list(zip(t_split.labels.tolist(), s_split.labels.tolist()))
         assert len({pairs.count(q) for q in [(0, 0), (0, 1), (1, 0), (1, 1)]}) == 1
     train = set(task.biased_train.rows.tolist()) | set(task.target_train.rows.tolist())
-    assert not train & set(task.target_test.rows.tolist())
+    assert not train & (set(task.target_test.rows.tolist()) | set(task.biased_test.rows.tolist()))
     assert task.target_classes == ("food+service+travel", "care+craft+arts")
 
 
@@ -154,9 +156,11 @@ def test_hf_tasks_from_local_files(fake_bios, seed):
 
     (scr,) = suite.scr
     assert scr.name == "fake_bios/attorney_chiropractor"
-    for r, y in zip(scr.biased_train.rows.tolist(), scr.biased_train.labels.tolist()):
-        assert (suite.labels[r]["profession"], suite.labels[r]["gender"]) == ((2, 0) if y else (3, 1))
-        assert suite.labels[r]["split"] == "train"
+    for biased, side, per_class in ((scr.biased_train, "train", 40), (scr.biased_test, "test", 20)):
+        assert class_counts(biased, 2) == [per_class, per_class]
+        for r, y in zip(biased.rows.tolist(), biased.labels.tolist()):
+            assert (suite.labels[r]["profession"], suite.labels[r]["gender"]) == ((2, 0) if y else (3, 1))
+            assert suite.labels[r]["split"] == side
     for t_split, s_split, side in ((scr.target_train, scr.spurious_train, "train"), (scr.target_test, scr.spurious_test, "test")):
         quadrants = [(suite.labels[r]["profession"], suite.labels[r]["gender"]) for r in t_split.rows.tolist()]
         assert all(suite.labels[r]["split"] == side for r in t_split.rows.tolist())
@@ -199,6 +203,12 @@ def test_evaluate_suite_on_hand_built_latents(labels, seed, gen):
     assert summary["sparse_probing_top_k"]["1"] > 0.97 and set(summary["scr"]) == set(summary["tpp"]) == {"2", "5"}
     json.dumps(result)
     assert any(k.startswith("scr/") for k in cache) and any(k.startswith("tpp/") for k in cache)
+    # the biased probe is SAEBench's: kept at its best epoch on the biased test set
+    task = suite.scr[0]
+    train, test = task.biased_train, task.biased_test
+    fit = probes.fit_adamw_probe(resid[train.rows], train.labels, probes.SCR_TPP_PROBE, seed + 2,
+                                 select_on=(resid[test.rows], test.labels))
+    assert torch.equal(cache[f"scr/{task.name}"]["biased"].weight, fit.probe.weight)
     again = evaluate_suite(suite, resid, latents, W_dec, n_values=(2, 5), seed=seed, probe_cache=cache)
     assert again["summary"] == summary
     with pytest.raises(ValueError, match="texts"):

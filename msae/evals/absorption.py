@@ -46,6 +46,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .probes import one_cpu_thread
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 ProbeRecipe = Literal["saebench", "converged"]
 REFERENCE_D_MODEL = 2304  # Gemma-2-2B's width, for which SAEBench set its cosine thresholds
@@ -393,7 +395,7 @@ def _fit_probes_saebench(
     pos_weight = _pos_weight(targets)
     optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
     decay = (end_lr / lr) ** (1 / epochs)
-    with torch.enable_grad():
+    with torch.enable_grad(), one_cpu_thread(x.device):
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch_size):

@@ -83,6 +83,8 @@ class SpuriousCorrelationTask:
         spurious_train: the same rows, labelled by the spurious attribute.
         target_test: test rows balanced over the four combinations, labelled by the target.
         spurious_test: the same rows, labelled by the spurious attribute.
+        biased_test: test rows labelled like ``biased_train``; SAEBench keeps the biased probe's
+            best epoch on it. None: the biased probe is its last epoch's.
     """
 
     name: str
@@ -93,6 +95,7 @@ class SpuriousCorrelationTask:
     spurious_train: Labelled
     target_test: Labelled
     spurious_test: Labelled
+    biased_test: Labelled | None = None
 
 
 @dataclass
@@ -120,7 +123,8 @@ class TaskSuite:
             "n_texts": len(self.labels),
             "probing": {t.name: {"train": len(t.train.rows), "test": len(t.test.rows)} for t in self.probing},
             "scr": {t.name: {"biased_train": len(t.biased_train.rows), "balanced_train": len(t.target_train.rows),
-                             "test": len(t.target_test.rows)} for t in self.scr},
+                             "test": len(t.target_test.rows),
+                             "biased_test": 0 if t.biased_test is None else len(t.biased_test.rows)} for t in self.scr},
             "tpp": {t.name: {"classes": list(t.classes), "train": len(t.train.rows), "test": len(t.test.rows)}
                     for t in self.tpp},
         }
@@ -164,7 +168,7 @@ def class_task(name: str, classes: Sequence[str], class_ids: torch.Tensor, is_te
 
 
 def one_vs_rest(task: ProbeTask, positive: int, seed: int) -> ProbeTask:
-    """Class ``positive`` against as many rows sampled from the task's other classes."""
+    """Class ``positive`` against as many rows drawn evenly from the task's other classes."""
     generator = torch.Generator().manual_seed(seed)
 
     def side(split: Labelled) -> Labelled:
@@ -182,7 +186,7 @@ def spurious_correlation_task(
 ) -> SpuriousCorrelationTask:
     """SCR sets from per-row 0/1 target and spurious labels (-1: not in the task). Balanced sets
     take the same count from each (target, spurious) quadrant; the biased set takes
-    (1, 1) vs (0, 0) rows, as many as the smaller of the two holds (SAEBench's layout)."""
+    (1, 1) vs (0, 0) rows, as many as the smaller of the two holds (SAEBench's layout), on each side."""
     generator = torch.Generator().manual_seed(seed)
     quadrant = torch.where((target >= 0) & (spurious >= 0), 2 * target + spurious, -1)  # 0..3
 
@@ -194,8 +198,9 @@ def spurious_correlation_task(
     target_test, spurious_test = balanced(is_test, "test")
     agreeing = torch.where(quadrant == 3, 1, torch.where(quadrant == 0, 0, -1))
     biased = balanced_sample(agreeing, 2, ~is_test, generator, max_biased_per_class, f"{name} (biased train)")
+    biased_test = balanced_sample(agreeing, 2, is_test, generator, max_biased_per_class, f"{name} (biased test)")
     return SpuriousCorrelationTask(name, target_classes, spurious_classes, biased, target_train, spurious_train,
-                                   target_test, spurious_test)
+                                   target_test, spurious_test, biased_test)
 
 
 # --- tasks from story labels -----------------------------------------------------------------
@@ -447,12 +452,12 @@ def hf_text_tasks(
     load_kwargs: dict[str, Any] | None = None,
 ) -> TaskSuite:
     """Tasks from a Hugging Face dataset, as SAEBench builds them: per chosen class, a one-vs-rest
-    probing task (each class balanced over ``balance_column``; negatives sampled from the other
+    probing task (each class balanced over ``balance_column``; negatives drawn evenly from the other
     chosen classes); optionally a TPP task over the chosen classes, and SCR tasks for
     ``scr_pairs`` (class labelled 1, class labelled 0; the spurious attribute is
     ``balance_column``, ``spurious_values[0]`` labelled 1). SAEBench's sizes: 4000 training and
     1000 test texts per probing task, i.e. 2000 and 500 per class; an SCR quadrant gets half a
-    class, the biased set a class per side.
+    class, the biased training and test sets a class per label.
 
     ``source`` is an :class:`HFTextSource` or a key of ``SAEBENCH_SOURCES``; ``load_kwargs`` go to
     ``datasets.load_dataset`` (e.g. ``data_files`` with ``path="json"`` for local copies)."""
@@ -502,15 +507,17 @@ def hf_text_tasks(
                     quadrants.append((rows, target, spurious))
             balanced[side] = (labelled([(rows, t) for rows, t, _ in quadrants]),
                               labelled([(rows, s) for rows, _, s in quadrants]))
-        biased_parts = []  # (positive, spurious 1) labelled 1, (negative, spurious 0) labelled 0
-        for value, spurious_value, label in ((positive, spurious_1, 1), (negative, spurious_0, 0)):
-            where = {source.class_column: value, source.balance_column: spurious_value}
-            rows = _sample(tables["train"], source, where, train_per_class, rng, False, f"{source.name} biased train, {where}")
-            biased_parts.append((registry.add("train", rows), label))
-        biased = labelled(biased_parts)
+        biased = {}  # (positive, spurious 1) labelled 1, (negative, spurious 0) labelled 0
+        for side, per_class in (("train", train_per_class), ("test", test_per_class)):
+            parts = []
+            for value, spurious_value, label in ((positive, spurious_1, 1), (negative, spurious_0, 0)):
+                where = {source.class_column: value, source.balance_column: spurious_value}
+                rows = _sample(tables[side], source, where, per_class, rng, False, f"{source.name} biased {side}, {where}")
+                parts.append((registry.add(side, rows), label))
+            biased[side] = labelled(parts)
         suite.scr.append(SpuriousCorrelationTask(
             f"{source.name}/{name_of(positive)}_{name_of(negative)}", (name_of(negative), name_of(positive)),
-            (str(spurious_0), str(spurious_1)), biased, *balanced["train"], *balanced["test"]))
+            (str(spurious_0), str(spurious_1)), biased["train"], *balanced["train"], *balanced["test"], biased["test"]))
     return suite
 
 
@@ -529,8 +536,10 @@ def evaluate_suite(
     probe_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sparse probing, SCR and TPP of one SAE on a suite. ``resid (N, d_model)`` and ``latents
-    (N, d_sae)`` are the pooled activations of every text of the suite. ``probe_cache``: pass
-    the same dict for every SAE of a suite, and the model-activation probes are trained once.
+    (N, d_sae)`` are the pooled activations of every text of the suite. ``C``: the k-sparse
+    probes' inverse regularisation; ``seed``: the model-activation probes' seeds and TPP's
+    sampling. ``probe_cache``: pass the same dict for every SAE of a suite, and the
+    model-activation probes are trained once.
 
     The summary holds the Fig 7 numbers: mean top-k accuracy over probing tasks, and the SCR and
     TPP scores per n, averaged over SCR pairs and TPP tasks."""
@@ -547,17 +556,19 @@ def evaluate_suite(
         train, test = pooled(task.train), pooled(task.test)
         key = f"probing/{task.name}"
         if key not in cache:
-            cache[key] = probing.train_probe(train.resid, train.labels, C)
+            cache[key] = probing.train_llm_probe(train.resid, train.labels, test.resid, test.labels, seed)
         result["sparse_probing"][task.name] = probing.sparse_probing(
-            train.latents, train.labels, test.latents, test.labels, ks, train.resid, test.resid, C, resid_probe=cache[key])
+            train.latents, train.labels, test.latents, test.labels, ks, train.resid, test.resid, C=C,
+            resid_probe=cache[key])
     for task in suite.scr:
         result["scr"][task.name] = probing.scr(
             pooled(task.biased_train), pooled(task.target_train), pooled(task.spurious_train),
-            pooled(task.target_test), pooled(task.spurious_test), W_dec, n_values, C,
-            probes=cache.setdefault(f"scr/{task.name}", {}))
+            pooled(task.target_test), pooled(task.spurious_test), W_dec, n_values, seed=seed,
+            probes=cache.setdefault(f"scr/{task.name}", {}),
+            biased_test=None if task.biased_test is None else pooled(task.biased_test))
     for task in suite.tpp:
         result["tpp"][task.name] = probing.tpp(
-            pooled(task.train), pooled(task.test), W_dec, n_values, C, seed, task.classes,
+            pooled(task.train), pooled(task.test), W_dec, n_values, seed=seed, class_names=task.classes,
             probes=cache.setdefault(f"tpp/{task.name}", {}))
 
     def mean(values: list[float]) -> float | None:

@@ -21,8 +21,8 @@ Definitions (adamkarvonen/SAEBench, ``evals/sparse_probing`` and ``evals/scr_and
   (ablate target latents, score on the spurious attribute) and reports, as its SCR metric, the
   direction whose biased probe is worse on the data it is scored on before ablation: direction 1
   when the biased probe leans on the spurious attribute, as it does on Bias in Bios.
-- TPP: per class a one-vs-rest probe (negatives sampled from the other classes, as many as the
-  positives). Latents are ranked for class c by ``max(mean difference, 0) * (w_c . W_dec[j])``;
+- TPP: per class a one-vs-rest probe (negatives drawn evenly from the other classes, as many as
+  the positives). Latents are ranked for class c by ``max(mean difference, 0) * (w_c . W_dec[j])``;
   ablating class c's top n should lower c's probe accuracy and leave the others alone: TPP =
   mean over classes of (c's accuracy drop - mean drop of the other probes).
 
@@ -30,87 +30,62 @@ Ablation zeroes the chosen latents and keeps the SAE's error term, so per token
 ``x' = x - f_S @ W_dec[S]``; see :func:`ablate`. Only latents with a non-zero effect are ablated
 (as SAEBench: ``n`` is an upper bound).
 
-Differences from SAEBench: every probe is an L2-regularised logistic regression (sklearn's
-objective, ``C = 1``) fit by full-batch LBFGS in float64 on standardised features, and all
-sampling uses a seeded ``torch.Generator``. SAEBench fits sparse probes with sklearn on raw
-features and the model-activation probes with minibatch AdamW (with early stopping on the test
-set).
+Probes (:mod:`msae.evals.probes`) are fitted as SAEBench fits them, on raw inputs: the k-sparse
+probes with sklearn's ``LogisticRegression`` (``C = 1``, ``max_iter = 1000``); the probe on all
+model activations with minibatch AdamW (:data:`~msae.evals.probes.LLM_PROBE`); the SCR and TPP
+probes, whose weights rank latents through ``w . W_dec[j]``, with minibatch AdamW and an L1
+penalty (:data:`~msae.evals.probes.SCR_TPP_PROBE`). Each AdamW probe keeps its best epoch on the
+test set it is scored on, as in SAEBench: the sparse-probing test set, each attribute's balanced
+test set, the biased test set for the biased probe (``biased_test``; without one the biased
+probe is its last epoch's), and the one-vs-rest test sets for TPP.
+
+Differences from SAEBench: sampling, and each probe's initialisation and shuffles, use their
+own seeded ``torch.Generator`` (SAEBench draws all from the global generator, seeded once per
+SAE), and the AdamW probes train in float32 (SAEBench: the model's dtype, bfloat16 for Gemma-2).
+TPP draws each class's one-vs-rest sets once: the test set serves the probe's epoch selection,
+the clean accuracy and every ablation, and the training set also ranks the latents; SAEBench
+draws the negatives anew for each of these. SAEBench's full-width probe on all SAE latents and
+its k-sparse probes on model dimensions are not computed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
+
+from .probes import (
+    LLM_PROBE,
+    SCR_TPP_PROBE,
+    AdamWRecipe,
+    LinearProbe,
+    check_labels,
+    fit_adamw_probe,
+    fit_sklearn_probe,
+)
 
 SPARSE_PROBING_KS = (1, 2, 5)
 ABLATION_N_VALUES = (2, 5, 10, 20, 50, 100, 500)
 MIN_SCR_DENOMINATOR = 0.001  # SAEBench: a score of 0 when the oracle barely beats the base
 
 
-# --- logistic-regression probes ---------------------------------------------------------------
+# --- probes -----------------------------------------------------------------------------------
 
 
-@dataclass
-class LinearProbe:
-    """``logit = x @ weight + bias`` on raw (unstandardised) inputs.
-
-    Attributes:
-        weight: (d,) float64.
-        bias: the intercept.
-    """
-
-    weight: torch.Tensor
-    bias: float
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float64) @ self.weight + self.bias
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.logits(x) > 0).long()
-
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if x.ndim != 2 or x.shape[1] != self.weight.shape[0]:
-            raise ValueError(f"the probe reads (n, {self.weight.shape[0]}) inputs, got {tuple(x.shape)}")
-        y = _check_labels(y, len(x), binary=True)
-        return float((self.predict(x) == y).double().mean())
+def train_probe(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, max_iter: int = 1000) -> LinearProbe:
+    """sklearn's L2 logistic regression on raw ``x (n, d)``, 0/1 ``y (n,)``: SAEBench's k-sparse
+    probe (:func:`msae.evals.probes.fit_sklearn_probe`)."""
+    return fit_sklearn_probe(x, y, C, max_iter)
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, max_iter: int = 500) -> LinearProbe:
-    """Logistic regression minimising ``C * sum(log-loss) + |w|^2 / 2`` (sklearn's objective;
-    the bias is not penalised) on features standardised with the training mean and std. The
-    returned probe acts on raw ``x (n, d)``; ``y (n,)`` holds 0/1."""
-    _check_features(x, "x")
-    y = _check_labels(y, len(x), binary=True)
-    if not bool((y == 0).any() and (y == 1).any()):
-        raise ValueError("a probe needs examples of both classes (labels 0 and 1)")
-    if C <= 0:
-        raise ValueError(f"C must be positive, got {C}")
-    x64 = x.detach().to(torch.float64)
-    mean = x64.mean(0)
-    std = x64.std(0, unbiased=False)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay at 0 after centring
-    z = (x64 - mean) / std  # (n, d)
-    target = y.to(torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    penalty = 1.0 / (2.0 * C * len(x))  # the objective divided by C * n
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
-                                  tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(z @ w + b, target) + penalty * (w @ w)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    weight = w.detach() / std
-    return LinearProbe(weight, float(b.detach() - weight @ mean))
+def train_llm_probe(resid_train: torch.Tensor, y_train: torch.Tensor, resid_test: torch.Tensor,
+                    y_test: torch.Tensor, seed: int = 0) -> LinearProbe:
+    """Sparse probing's reference probe on all model activations: minibatch AdamW
+    (:data:`~msae.evals.probes.LLM_PROBE`), its best epoch on the test set."""
+    _check_same_width(resid_train, resid_test, "resid")
+    return fit_adamw_probe(resid_train, y_train, LLM_PROBE, seed, select_on=(resid_test, y_test)).probe
 
 
 # --- sparse probing ---------------------------------------------------------------------------
@@ -118,7 +93,7 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, max_iter: int 
 
 def mean_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(d,) mean of ``x`` over positives minus mean over negatives."""
-    y = _check_labels(y, len(x), binary=True)
+    y = check_labels(y, len(x), binary=True)
     return x[y == 1].mean(0) - x[y == 0].mean(0)
 
 
@@ -137,9 +112,12 @@ def sparse_probing(
     resid_test: torch.Tensor | None = None,
     C: float = 1.0,
     resid_probe: LinearProbe | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Test accuracy of a probe on the top-k latents, per k; with ``resid_*`` also of a probe on
-    the model's activations (``llm_accuracy``; pass ``resid_probe`` to reuse a trained one)."""
+    """Test accuracy of a probe on the top-k latents, per k (:func:`train_probe`, inverse
+    regularisation ``C``); with ``resid_*`` also of a probe on the model's activations
+    (``llm_accuracy``, :func:`train_llm_probe` seeded with ``seed``; pass ``resid_probe`` to reuse
+    a trained one)."""
     if not ks or min(ks) < 1 or max(ks) > latents_train.shape[1]:
         raise ValueError(f"ks must be in 1..d_sae={latents_train.shape[1]}, got {list(ks)}")
     _check_same_width(latents_train, latents_test, "latents")
@@ -147,12 +125,13 @@ def sparse_probing(
     accuracy, chosen_latents = {}, {}
     for k in ks:
         chosen = order[:k]
-        probe = train_probe(latents_train[:, chosen], y_train, C)
-        accuracy[str(k)] = probe.accuracy(latents_test[:, chosen], y_test)
+        columns = chosen.sort().values  # SAEBench keeps the chosen latents in index order
+        probe = train_probe(latents_train[:, columns], y_train, C)
+        accuracy[str(k)] = probe.accuracy(latents_test[:, columns], y_test)
         chosen_latents[str(k)] = chosen.tolist()
     result: dict[str, Any] = {"sae_top_k_accuracy": accuracy, "sae_top_k_latents": chosen_latents}
     if resid_train is not None and resid_test is not None:
-        probe = resid_probe if resid_probe is not None else train_probe(resid_train, y_train, C)
+        probe = resid_probe if resid_probe is not None else train_llm_probe(resid_train, y_train, resid_test, y_test, seed)
         result["llm_accuracy"] = probe.accuracy(resid_test, y_test)
     return result
 
@@ -220,14 +199,28 @@ class PooledSplit(NamedTuple):
     labels: torch.Tensor
 
 
-def train_scr_probes(biased_train: PooledSplit, target_train: PooledSplit, spurious_train: PooledSplit,
-                     C: float = 1.0) -> dict[str, LinearProbe]:
-    """The three model-activation probes SCR uses; the same for every SAE."""
-    return {
-        "biased": train_probe(biased_train.resid, biased_train.labels, C),
-        "target": train_probe(target_train.resid, target_train.labels, C),
-        "spurious": train_probe(spurious_train.resid, spurious_train.labels, C),
-    }
+def train_scr_probes(
+    biased_train: PooledSplit,
+    target_train: PooledSplit,
+    spurious_train: PooledSplit,
+    target_test: PooledSplit,
+    spurious_test: PooledSplit,
+    biased_test: PooledSplit | None = None,
+    recipe: AdamWRecipe = SCR_TPP_PROBE,
+    seed: int = 0,
+) -> dict[str, LinearProbe]:
+    """The three model-activation probes SCR uses, the same for every SAE: each trained by
+    ``recipe`` on raw activations and kept at its best epoch on its own test set (the biased
+    probe at its last epoch when there is no ``biased_test``). Seeds ``seed``, ``seed + 1`` and
+    ``seed + 2`` for the spurious, target and biased probes (SAEBench's order)."""
+
+    def fit(train: PooledSplit, test: PooledSplit | None, probe_seed: int) -> LinearProbe:
+        select_on = None if test is None else (test.resid, test.labels)
+        return fit_adamw_probe(train.resid, train.labels, recipe, probe_seed, select_on).probe
+
+    spurious = fit(spurious_train, spurious_test, seed)
+    target = fit(target_train, target_test, seed + 1)
+    return {"biased": fit(biased_train, biased_test, seed + 2), "target": target, "spurious": spurious}
 
 
 def scr(
@@ -238,19 +231,23 @@ def scr(
     spurious_test: PooledSplit,
     W_dec: torch.Tensor,
     n_values: Sequence[int] = ABLATION_N_VALUES,
-    C: float = 1.0,
+    recipe: AdamWRecipe = SCR_TPP_PROBE,
+    seed: int = 0,
     probes: dict[str, LinearProbe] | None = None,
+    biased_test: PooledSplit | None = None,
 ) -> dict[str, Any]:
-    """SCR scores per n. Labels: ``biased_train`` 1 = (target 1, spurious 1), 0 = (target 0,
-    spurious 0); the balanced sets carry their own attribute's 0/1. ``probes``: a dict reused
-    across SAEs (filled with the model-activation probes on first use)."""
+    """SCR scores per n. Labels: ``biased_train`` and ``biased_test`` 1 = (target 1, spurious 1),
+    0 = (target 0, spurious 0); the balanced sets carry their own attribute's 0/1. ``probes``: a
+    dict reused across SAEs (filled by :func:`train_scr_probes` with ``recipe``, ``seed`` and
+    ``biased_test`` on first use)."""
     for name, split in (("target_train", target_train), ("spurious_train", spurious_train)):
         if split.latents is None:
             raise ValueError(f"{name} needs pooled latents: they rank the latents to ablate")
     if probes is None:
         probes = {}
     if not probes:
-        probes.update(train_scr_probes(biased_train, target_train, spurious_train, C))
+        probes.update(train_scr_probes(biased_train, target_train, spurious_train, target_test, spurious_test,
+                                       biased_test, recipe, seed))
     base_target = probes["biased"].accuracy(target_test.resid, target_test.labels)
     base_spurious = probes["biased"].accuracy(spurious_test.resid, spurious_test.labels)
     oracle_target = probes["target"].accuracy(target_test.resid, target_test.labels)
@@ -291,14 +288,24 @@ def _scr_direction(effects, test: PooledSplit, biased: LinearProbe, W_dec, n_val
 
 
 def one_vs_rest_rows(labels: torch.Tensor, positive: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of class ``positive`` and as many rows sampled from the other classes, with 0/1
-    labels (SAEBench's one-vs-rest set)."""
+    """Rows of class ``positive`` and as many negatives, with 0/1 labels: SAEBench's one-vs-rest
+    set, whose negatives are ``ceil(P / K)`` rows drawn from each of the K other classes, of
+    which P (the number of positives) are kept at random."""
     pos = (labels == positive).nonzero()[:, 0]
-    others = (labels != positive).nonzero()[:, 0]
-    if len(pos) == 0 or len(others) < len(pos):
-        raise ValueError(f"class {positive} has {len(pos)} examples and the others {len(others)}: "
-                         "one-vs-rest needs at least as many negatives as positives")
-    neg = others[torch.randperm(len(others), generator=generator)[: len(pos)]].sort().values
+    other_classes = sorted(set(labels.tolist()) - {positive})
+    if len(pos) == 0 or not other_classes:
+        raise ValueError(f"class {positive} has {len(pos)} examples and there are {len(other_classes)} other "
+                         "classes: one-vs-rest needs both")
+    per_class = math.ceil(len(pos) / len(other_classes))
+    drawn = []
+    for c in other_classes:
+        rows_c = (labels == c).nonzero()[:, 0]
+        drawn.append(rows_c[torch.randperm(len(rows_c), generator=generator)[:per_class]])
+    drawn = torch.cat(drawn)
+    if len(drawn) < len(pos):
+        raise ValueError(f"class {positive} has {len(pos)} examples; {per_class} from each other class gives "
+                         f"only {len(drawn)} negatives (class sizes too uneven for one-vs-rest)")
+    neg = drawn[torch.randperm(len(drawn), generator=generator)[: len(pos)]].sort().values
     rows = torch.cat([pos, neg])
     return rows, torch.cat([torch.ones(len(pos), dtype=torch.long), torch.zeros(len(neg), dtype=torch.long)])
 
@@ -308,17 +315,19 @@ def tpp(
     test: PooledSplit,
     W_dec: torch.Tensor,
     n_values: Sequence[int] = ABLATION_N_VALUES,
-    C: float = 1.0,
+    recipe: AdamWRecipe = SCR_TPP_PROBE,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     probes: dict[int, LinearProbe] | None = None,
 ) -> dict[str, Any]:
-    """TPP per n on a multi-class task (labels 0..K-1). ``probes``: a dict reused across SAEs
-    (filled with the one-vs-rest model-activation probes on first use)."""
+    """TPP per n on a multi-class task (labels 0..K-1). ``seed`` draws the one-vs-rest sets;
+    class c's probe is trained by ``recipe`` with seed ``seed + 1 + c`` and kept at its best
+    epoch on c's one-vs-rest test set. ``probes``: a dict reused across SAEs (filled with the
+    probes on first use)."""
     if train.latents is None or test.latents is None:
         raise ValueError("TPP needs pooled latents for the training and test sets")
-    train_labels = _check_labels(train.labels, len(train.resid), binary=False)
-    test_labels = _check_labels(test.labels, len(test.resid), binary=False)
+    train_labels = check_labels(train.labels, len(train.resid), binary=False)
+    test_labels = check_labels(test.labels, len(test.resid), binary=False)
     classes = sorted(set(train_labels.tolist()))
     if len(classes) < 2 or set(test_labels.tolist()) != set(classes):
         raise ValueError(f"TPP needs the same >= 2 classes in training and test sets, got {classes} "
@@ -332,7 +341,9 @@ def tpp(
     for c in classes:
         if c not in probes:
             rows, y = train_sets[c]
-            probes[c] = train_probe(train.resid[rows], y, C)
+            test_rows, test_y = test_sets[c]
+            probes[c] = fit_adamw_probe(train.resid[rows], y, recipe, seed + 1 + c,
+                                        select_on=(test.resid[test_rows], test_y)).probe
     clean = {c: probes[c].accuracy(test.resid[test_sets[c][0]], test_sets[c][1]) for c in classes}
 
     # Every probe on every test row at once: ablated (n_test, d_model) @ (d_model, K).
@@ -372,28 +383,6 @@ def tpp(
 
 
 # --- input checks -----------------------------------------------------------------------------
-
-
-def _check_features(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] == 0:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty (n, d) tensor, got {shape}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _check_labels(y: torch.Tensor, n: int, binary: bool) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
-    if y.is_floating_point() and not bool((y == y.round()).all()):
-        raise ValueError("labels must be integers")
-    y = y.long()
-    if binary and not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError(f"binary labels must be 0 or 1, got values {sorted(set(y.tolist()))[:10]}")
-    if not binary and bool((y < 0).any()):
-        raise ValueError("class labels must be non-negative")
-    return y
 
 
 def _check_same_width(train: torch.Tensor, test: torch.Tensor, name: str) -> None:

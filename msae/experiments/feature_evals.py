@@ -36,7 +36,7 @@ METRICS = ("absorption", "probing", "meta_sae", "concepts", "autointerp")
 MIN_FIRES = 5  # a latent needs this many firing tokens for its concept F1 to count
 # Part of the key of saved results: raise it when a metric's code changes what it computes, so
 # results saved by older code are recomputed rather than read back.
-EVAL_CODE_VERSION = 2  # 2: SAEBench's letter filter, letter-probe recipe and unit-norm rescaling
+EVAL_CODE_VERSION = 2  # 2: absorption's letter filter, letter-probe recipe and unit-norm rescaling; SAEBench's probes
 
 
 # SAEBench's probing datasets used on the paper profile (Bias in Bios also gives SCR and TPP).
