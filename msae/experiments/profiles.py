@@ -14,6 +14,7 @@ One call per experiment gives its config, the profile's table entry with any ove
     profiles.study_config("default")                   # msae.experiments.studies.StudyConfig
     profiles.eval_config("default")                    # msae.experiments.feature_evals.EvalConfig
     profiles.toy_config("default", steps=10_000)       # msae.experiments.toy.ToyExperimentConfig
+    profiles.ladder_config("default")                  # msae.experiments.ladder.LadderConfig
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from ..data.activations import CorpusConfig
 from .feature_evals import EvalConfig
+from .ladder import LadderConfig
 from .studies import StudyConfig
 from .sweep import SweepConfig
 from .toy import ToyExperimentConfig
@@ -116,6 +118,17 @@ FEATURE_EVALS = {
                         meta_sae_batch_size=256, autointerp_latents=5),
 }
 
+# --- the scale ladder (issue 14): widths x token budgets at the sweep's matched L0 ----------------
+# A budget equal to the sweep's n_tokens (and the sweep's width) is the sweep itself: not retrained.
+LADDERS = {
+    # the paper's widths (Fig 10) and token budgets (200M for its ablations, 500M for its main SAEs)
+    "paper": LadderConfig(widths=[4096, 16384, 65536], token_budgets=[200_000_000, 500_000_000]),
+    "default": LadderConfig(widths=[2304, 4608, 9216], token_budgets=[600_000, 3_000_000]),
+    # the sweep is the largest corner here, to train little; both budgets fit the smoke sweep's one
+    # shard of activations, so nothing is collected again
+    "smoke": LadderConfig(widths=[128, 256], token_budgets=[6_000, 12_000]),
+}
+
 Config = TypeVar("Config")
 
 
@@ -140,3 +153,7 @@ def study_config(profile: Profile, **overrides: Any) -> StudyConfig:
 
 def eval_config(profile: Profile, **overrides: Any) -> EvalConfig:
     return for_profile(FEATURE_EVALS, profile, **overrides)
+
+
+def ladder_config(profile: Profile, **overrides: Any) -> LadderConfig:
+    return for_profile(LADDERS, profile, **overrides)
