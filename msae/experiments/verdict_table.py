@@ -20,7 +20,14 @@ OUTCOMES = ("same", "reversed", "not the paper's", "not measured")
 
 @dataclass(frozen=True)
 class VerdictLine:
-    """One printed verdict: ``claim`` (the paper's side), ``here`` (ours), ``outcome`` (one of OUTCOMES)."""
+    """One printed verdict.
+
+    Attributes:
+        notebook: the notebook's file name, e.g. "07_fig06_absorption.ipynb".
+        claim: the paper's side: figure, quantity, baseline and the paper's direction and values.
+        here: ours: where it was measured, our direction and values, and any note.
+        outcome: one of OUTCOMES.
+    """
 
     notebook: str
     claim: str
