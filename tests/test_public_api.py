@@ -142,7 +142,7 @@ def test_literal_fields_take_exactly_the_values_validation_accepts():
     from msae.training.loop import TrainConfig
 
     cases = [
-        (CorpusConfig, "source", ("stories", "text_dir", "hf"), lambda v: CorpusConfig(source=v, path="somewhere")),
+        (CorpusConfig, "source", ("stories", "english", "text_dir", "hf"), lambda v: CorpusConfig(source=v, path="somewhere")),
         (TrainConfig, "autocast_dtype", ("bfloat16", "float16"), lambda v: TrainConfig(steps=1, autocast_dtype=v)),
         (MatryoshkaConfig, "group_weighting", ("uniform", "size"),
          lambda v: MatryoshkaConfig(d_in=4, d_sae=8, k=2, group_sizes=[4, 4], group_weighting=v)),
