@@ -4,7 +4,23 @@ import random
 
 import pytest
 
-from msae.experiments.verdicts import CLAIMS, observed_direction, verdict, verdict_falling, verdict_from_rows
+from msae.experiments.verdicts import (
+    CLAIMS,
+    observed_direction,
+    verdict,
+    verdict_across_widths,
+    verdict_falling,
+    verdict_from_rows,
+)
+
+# The outcome of each observed direction under each claimed one, written out.
+EXPECTED_OUTCOME = {
+    "lower": {"lower": "same", "higher": "reversed", "comparable": "not the paper's"},
+    "higher": {"lower": "reversed", "higher": "same", "comparable": "not the paper's"},
+    "comparable": {"lower": "not the paper's", "higher": "not the paper's", "comparable": "same"},
+    "not higher": {"lower": "same", "higher": "reversed", "comparable": "same"},
+    "not lower": {"lower": "reversed", "higher": "same", "comparable": "same"},
+}
 
 
 def test_direction_uses_a_relative_tolerance(seed):
@@ -27,12 +43,10 @@ def test_every_claim_has_each_outcome(claim_id, seed):
     by_direction = {"lower": far_lower, "higher": far_higher, "comparable": close}
     for observed, value in by_direction.items():
         line = verdict(claim_id, value, base)
-        assert line.startswith(f"{claim.figure}, {claim.quantity}, Matryoshka vs {claim.baseline}")
+        assert line.startswith(f"{claim.figure}, {claim.quantity}, {claim.subject} vs {claim.baseline}")
         assert f"here (L0 7): {observed} ({value:.3f} vs {base:.3f})" in verdict(claim_id, value, base, "L0 7")
         assert f"here: {observed} ({value:.3f} vs {base:.3f})" in line
-        expected = ("same" if observed == claim.direction else
-                    "reversed" if {observed, claim.direction} == {"lower", "higher"} else "not the paper's")
-        assert line.endswith(f"-> {expected}")
+        assert line.endswith(f"-> {EXPECTED_OUTCOME[claim.direction][observed]}")
     assert verdict(claim_id, None, base).endswith("not measured")
 
 
@@ -50,6 +64,28 @@ def test_verdict_from_rows_picks_the_main_pair_at_k():
     assert verdict_from_rows("fig6_absorption", rows, "absorption", 80).endswith("not measured")
     with pytest.raises(ValueError, match="unknown claim 'fig99'"):
         verdict("fig99", 1.0, 1.0)
+
+
+def test_verdict_from_rows_uses_the_claims_architectures_and_averages_over_k():
+    rows = [{"architecture": a, "k": k, "prefix_width": None, "ce_sae": v}
+            for a, k, v in [("matryoshka", 20, 3.0), ("matryoshka", 40, 2.0), ("topk", 20, 3.0), ("topk", 40, 3.0),
+                            ("batchtopk", 20, 1.0), ("batchtopk", 40, 1.0),
+                            ("matryoshka_3groups", 20, 1.0), ("matryoshka_3groups", 40, 2.0)]]
+    assert verdict_from_rows("fig5_ce_topk", rows, "ce_sae", 40).endswith(
+        "here (L0 40): lower (2.000 vs 3.000) -> not the paper's")
+    assert verdict_from_rows("fig5_ce_topk", rows, "ce_sae", [20, 40]).endswith(
+        "here (mean over L0 20/40): lower (2.500 vs 3.000) -> not the paper's")
+    line = verdict_from_rows("fig18_3groups_ce", rows, "ce_sae", [20, 40])
+    assert line.startswith("Fig 18, cross-entropy with the SAE spliced in, 3 groups vs Matryoshka")
+    assert line.endswith("lower (1.500 vs 2.500) -> same")
+    assert verdict_from_rows("fig18_3groups_ce", rows, "ce_sae", [20, 80]).endswith("not measured")
+
+
+def test_verdict_across_widths_compares_the_largest_width_with_the_smallest():
+    line = verdict_across_widths("fig10_absorption", [(576, 0.30), (1152, 0.50), (2304, 0.31)], "mean over L0 40")
+    assert "here (576 to 2,304 latents, mean over L0 40): higher (0.310 vs 0.300) -> reversed" in line
+    assert verdict_across_widths("fig10_absorption", [(576, 0.3), (2304, 0.1)]).endswith("lower (0.100 vs 0.300) -> same")
+    assert verdict_across_widths("fig10_variance_explained", [(576, 0.8)]).endswith("not measured")
 
 
 def test_falling_values(seed):

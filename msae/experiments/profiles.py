@@ -15,17 +15,20 @@ One call per experiment gives its config, the profile's table entry with any ove
     profiles.eval_config("default")                    # msae.experiments.feature_evals.EvalConfig
     profiles.toy_config("default", steps=10_000)       # msae.experiments.toy.ToyExperimentConfig
     profiles.ladder_config("default")                  # msae.experiments.ladder.LadderConfig
+
+:func:`describe` turns the configs a notebook built into the one line it prints about its scale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from ..data.activations import CorpusConfig
-from .feature_evals import EvalConfig
+from .feature_evals import METRICS, EvalConfig
 from .ladder import LadderConfig
-from .studies import StudyConfig
+from .studies import STUDY_CONFIGS, StudyConfig
 from .sweep import SweepConfig
 from .toy import ToyExperimentConfig
 
@@ -153,6 +156,79 @@ def study_config(profile: Profile, **overrides: Any) -> StudyConfig:
 
 def eval_config(profile: Profile, **overrides: Any) -> EvalConfig:
     return for_profile(FEATURE_EVALS, profile, **overrides)
+
+
+# (layers, d_model) of the models the profiles name, so that :func:`describe` can say where the
+# hook sits without loading the model; a model not listed is described by its hook alone.
+MODEL_SHAPES = {"smollm2-135m-instruct": (30, 576), "gemma-2-2b": (26, 2304)}
+
+
+def describe(profile: str, sweep: SweepConfig, *, evals: EvalConfig | None = None, metrics: Sequence[str] = (),
+             study: StudyConfig | None = None, studies: Sequence[str] = ()) -> str:
+    """One line on the scale a notebook runs at, read from the configs it built (so any override
+    of the profile shows): the model and hook, the text, the SAEs and their training; with
+    ``study``, the sizes of the named ``studies``; with ``evals``, the settings of the named
+    feature evaluations (``metrics``, from ``msae.experiments.feature_evals.METRICS``)."""
+    unknown = sorted(set(metrics) - set(METRICS)) + sorted(set(studies) - set(STUDY_CONFIGS))
+    if unknown:
+        raise ValueError(f"unknown metrics or studies {unknown}; metrics: {METRICS}, studies: {sorted(STUDY_CONFIGS)}")
+    site = sweep.hook_name
+    if sweep.model_name in MODEL_SHAPES:
+        n_layers, d_model = MODEL_SHAPES[sweep.model_name]
+        site += f" ({n_layers} layers, d_model {d_model})"
+    collected = "collected" if sweep.storage == "disk" else "streamed"
+    parts = [
+        f"profile {profile}: {sweep.model_name}, {site}",
+        f"trained on {_describe_corpus(sweep.corpus)}; evaluated on {sweep.eval_contexts:,} contexts of "
+        f"{sweep.eval_context_size} tokens from {_describe_corpus(sweep.eval_corpus)}",
+        f"SAEs of {sweep.d_sae:,} latents at L0 {_joined(sweep.k_values)}, {sweep.n_tokens:,} tokens {collected}, "
+        f"{sweep.steps:,} steps of {sweep.batch_size:,}",
+    ]
+    if studies and study is None:
+        raise ValueError("describing studies needs their study config")
+    parts += [_describe_study(name, sweep, study) for name in studies]
+    if metrics and evals is None:
+        raise ValueError("describing feature evaluations needs their eval config")
+    parts += [_describe_metric(name, evals) for name in metrics]
+    return "; ".join(parts)
+
+
+def _joined(values: Sequence[int]) -> str:
+    return "/".join(str(v) for v in values)
+
+
+def _describe_corpus(corpus: CorpusConfig) -> str:
+    if corpus.source == "stories":
+        return f"{corpus.n_documents:,} generated stories (seed {corpus.seed})"
+    limit = f", at most {corpus.n_documents:,} documents" if corpus.n_documents < 10**9 else ""  # 10**9: no limit
+    if corpus.source == "text_dir":
+        return f"the .txt files of {corpus.path}{limit}"
+    return f"the HF dataset {corpus.path} ({corpus.split} split, streamed{limit})"
+
+
+def _describe_study(name: str, sweep: SweepConfig, study: StudyConfig) -> str:
+    if name == "baselines":
+        return f"baselines {', '.join(study.baselines)} at L0 {_joined(study.baseline_k_values or sweep.k_values)}"
+    if name == "scaling":
+        widths = sorted({sweep.d_sae, *study.widths})
+        return f"widths {_joined(widths)} at L0 {_joined(study.width_k_values)}"
+    return f"{len(study.ablation_arms)} ablation arms at L0 {_joined(study.ablation_k_values)}"
+
+
+def _describe_metric(name: str, evals: EvalConfig) -> str:
+    if name == "absorption":
+        words = ("every letter-only vocabulary token" if evals.letter_max_words is None
+                 else f"a sample of {evals.letter_max_words:,} letter-only vocabulary tokens")
+        return f"absorption on {words} ({evals.letter_probe_recipe} letter probes)"
+    if name == "probing":
+        tasks = (f"the story labels of {evals.n_stories:,} stories" if evals.probe_source == "stories"
+                 else "SAEBench's datasets")
+        return f"probing tasks from {tasks}, {evals.context_size} tokens each"
+    if name == "concepts":
+        return f"concept F1 on {evals.concept_stories:,} labelled stories"
+    if name == "meta_sae":
+        return f"meta-SAEs trained {evals.meta_sae_steps:,} steps"
+    return f"LLM judge on {evals.autointerp_latents:,} latents per SAE"
 
 
 def ladder_config(profile: Profile, **overrides: Any) -> LadderConfig:
