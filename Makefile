@@ -2,6 +2,7 @@
 #   make reproduce   run every notebook at the default profile; figures into figures/
 #   make reproduce-fast   the same without the baseline, scaling and ablation studies (14-16)
 #   make test        lint, unit tests, then every notebook at the smoke profile under nbval
+#                    (in two lanes: see notebook-test below)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,8 +12,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # default profile); reproduce-fast leaves them out.
 STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb)
 SMOKE_DIR := build/smoke
+# nbval's re-run of the smoke notebooks, in a runs folder of its own
+CHECK_DIR := build/smoke-check
+# make test runs two processes at a time on this 2-core machine's budget: one thread each
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test notebook-test lab bench interop clean env
+.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test notebook-test notebook-lanes lab bench interop clean env
 
 env: $(STAMP)
 
@@ -40,28 +45,73 @@ run-notebooks:
 		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \
 	done
 
-test: lint unit-test notebook-test
+# One after another even under `make -j`: the unit tests and the notebooks each use both cores.
+test: $(STAMP)
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory unit-test
+	@$(MAKE) --no-print-directory notebook-test
 
 # lint only, in seconds: the rules are in pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check msae tests benchmarks notebooks
 
+# Two pytest-xdist workers of one thread each (two threads each would oversubscribe the two
+# cores); tests/conftest.py hands both the one seed it prints.
 unit-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(ONE_THREAD) $(BIN)/python -m pytest -p no:cacheprovider -n 2 tests
 
-# Each notebook runs at the smoke profile under papermill; then nbval runs it again from scratch
-# (its runs folder deleted; the converted model in cache/ is kept) and compares the outputs of the cells not tagged nbval-ignore-output:
-# the key numbers each notebook prints must come out the same. See tests/README.md.
+# Each notebook runs at the smoke profile under papermill into $(SMOKE_DIR); then nbval runs the
+# output again from scratch, in $(CHECK_DIR) with a runs folder of its own (only the converted
+# model in cache/ is shared, by a symlink), and compares the outputs of the cells not tagged
+# nbval-ignore-output: the key numbers each notebook prints must come out the same. See
+# tests/README.md.
+#
+# Two lanes (make -j2), one thread each: notebook N's nbval check runs beside notebook N+1's
+# papermill run. A runs folder is used by one notebook at a time (run_sweep locks the sweep's
+# run folders even to reload them, and a second process is refused, not made to wait; and it
+# rewrites results.json whole), so in each folder the notebooks that read or write the sweep
+# (02-12, 14-16) run one after another in number order: 02 trains the sweep, 14 the baselines
+# that 15 also loads. 01 (the toy model, runs/toy only) and 13 (no runs folder) run whenever a
+# lane is free. --output-sync prints each notebook's lines together once it is done; make stops
+# at the first failure and exits non-zero.
+FREE_NOTEBOOKS := $(notdir $(wildcard notebooks/01_*.ipynb notebooks/13_*.ipynb))
+CHAINED_NOTEBOOKS := $(filter-out $(FREE_NOTEBOOKS),$(notdir $(NOTEBOOKS)))
+SMOKE_NOTEBOOKS := $(addprefix $(SMOKE_DIR)/,$(notdir $(NOTEBOOKS)))
+CHECKED_NOTEBOOKS := $(addprefix $(CHECK_DIR)/,$(notdir $(NOTEBOOKS:.ipynb=.passed)))
+
 notebook-test: $(STAMP)
-	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
-	@for nb in $(NOTEBOOKS); do \
-		echo "== papermill $$nb (smoke)"; \
-		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd $(SMOKE_DIR) $$nb $(SMOKE_DIR)/$$(basename $$nb) \
-			-p profile smoke -p figures_dir figures -p runs_dir runs -p cache_dir cache || exit 1; \
-	done
-	rm -rf $(SMOKE_DIR)/runs
-	$(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/*.ipynb
+	@rm -rf $(SMOKE_DIR) $(CHECK_DIR) && mkdir -p $(SMOKE_DIR) $(CHECK_DIR)
+	@ln -s $(abspath $(SMOKE_DIR))/cache $(CHECK_DIR)/cache
+	@$(MAKE) --no-print-directory -j2 --output-sync=target notebook-lanes
+
+# Internal to notebook-test, which first empties both folders.
+notebook-lanes: $(CHECKED_NOTEBOOKS)
+	@echo "all $(words $(CHECKED_NOTEBOOKS)) notebooks ran at smoke and passed nbval"
+
+$(SMOKE_DIR)/%.ipynb: notebooks/%.ipynb
+	@start=$$(date +%s); echo "== papermill $< (smoke)"; \
+	$(ONE_THREAD) $(BIN)/papermill --no-progress-bar --log-level WARNING --cwd $(SMOKE_DIR) $< $@ \
+		-p profile smoke -p figures_dir figures -p runs_dir runs -p cache_dir cache \
+	&& echo "   papermill $* done in $$(( $$(date +%s) - start )) s"
+
+$(CHECK_DIR)/%.passed: $(SMOKE_DIR)/%.ipynb
+	@start=$$(date +%s); echo "== nbval $(CHECK_DIR)/$*.ipynb"; \
+	cp $< $(CHECK_DIR)/$*.ipynb \
+	&& $(ONE_THREAD) $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(CHECK_DIR)/$*.ipynb \
+	&& touch $@ && echo "   nbval $* done in $$(( $$(date +%s) - start )) s"
+
+# kept after the run (as papermill left them: a failed notebook shows its error)
+.SECONDARY: $(SMOKE_NOTEBOOKS)
+
+# The order within each folder: each chained notebook after the one before it.
+define after_previous
+$(if $(PREVIOUS),$(SMOKE_DIR)/$(1): $(SMOKE_DIR)/$(PREVIOUS)
+$(CHECK_DIR)/$(1:.ipynb=.passed): $(CHECK_DIR)/$(PREVIOUS:.ipynb=.passed))
+PREVIOUS := $(1)
+endef
+PREVIOUS :=
+$(foreach nb,$(CHAINED_NOTEBOOKS),$(eval $(call after_previous,$(nb))))
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
