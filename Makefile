@@ -1,6 +1,6 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
-#   make reproduce-fast   the same without the baseline, scaling and ablation studies (14-16)
+#   make reproduce-fast   the same without the baseline, scaling, ablation and scale-ladder studies (14-17)
 #   make test        lint, unit tests, then every notebook at the smoke profile under nbval
 #                    (in two lanes: see notebook-test below)
 PYTHON ?= python3
@@ -8,9 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-# The studies that train the baselines, other widths and ablation arms (hours on a CPU at the
+# The studies that train the baselines, other widths, ablation arms and the scale ladder (hours on a CPU at the
 # default profile); reproduce-fast leaves them out.
-STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb)
+STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb notebooks/17_*.ipynb)
 SMOKE_DIR := build/smoke
 # nbval's re-run of the smoke notebooks, in a runs folder of its own
 CHECK_DIR := build/smoke-check
@@ -70,7 +70,7 @@ unit-test: $(STAMP)
 # papermill run. A runs folder is used by one notebook at a time (run_sweep locks the sweep's
 # run folders even to reload them, and a second process is refused, not made to wait; and it
 # rewrites results.json whole), so in each folder the notebooks that read or write the sweep
-# (02-12, 14-16) run one after another in number order: 02 trains the sweep, 14 the baselines
+# (02-12, 14-17) run one after another in number order: 02 trains the sweep, 14 the baselines
 # that 15 also loads. 01 (the toy model, runs/toy only) and 13 (no runs folder) run whenever a
 # lane is free. --output-sync prints each notebook's lines together once it is done; make stops
 # at the first failure and exits non-zero.
