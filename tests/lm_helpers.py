@@ -68,3 +68,20 @@ def local_text_sweep_config(profile: str, folder, **fields):
                 batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=5,
                 dead_after_tokens=500, threshold_start_step=10, threshold_beta=0.9)
     return profiles.sweep_config(profile, corpus=corpora["train"], eval_corpus=corpora["eval"], **{**tiny, **fields})
+
+
+def tiny_sweep_config(n_documents: int, **fields):
+    """The smoke sweep shrunk to the tiny models' sizes (layer 1, 32 latents, 12 steps of 64) on
+    ``n_documents`` training stories: seconds to train, for the sweep and study tests."""
+    from dataclasses import replace
+
+    from msae.experiments import profiles
+
+    tiny = dict(
+        corpus=replace(profiles.STORIES, n_documents=n_documents),
+        eval_corpus=replace(profiles.HELD_OUT_STORIES, n_documents=20),
+        hook_name="blocks.1.hook_resid_post", d_sae=32, k_values=[4], matched_k=4, n_tokens=1200, steps=12,
+        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=3, dead_after_tokens=300,
+        threshold_start_step=4,
+    )
+    return profiles.sweep_config("smoke", **{**tiny, **fields})

@@ -15,7 +15,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lm_helpers import tiny_model
+from lm_helpers import tiny_model, tiny_sweep_config
 from msae.data.activations import ActivationConfig, CorpusConfig, collect_activations
 from msae.experiments import feature_evals, ladder, profiles, sweep
 from msae.plots import ladder as ladder_plots
@@ -116,12 +116,7 @@ def digest(folder):
 
 @pytest.fixture(scope="module")
 def tiny_ladder(tmp_path_factory):
-    config = profiles.sweep_config(
-        "smoke", corpus=replace(profiles.STORIES, n_documents=120), eval_corpus=replace(profiles.HELD_OUT_STORIES, n_documents=20),
-        hook_name="blocks.1.hook_resid_post", d_sae=32, k_values=[4], matched_k=4, n_tokens=1200, steps=12,
-        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=3, dead_after_tokens=300,
-        threshold_start_step=4,
-    )
+    config = tiny_sweep_config(n_documents=120)
     runs = tmp_path_factory.mktemp("runs")
     results = sweep.run_sweep(config, runs, progress=False, model=tiny_model())
     before = {name: digest(results.folder / name) for name in ("batchtopk_k4", "matryoshka_k4")}

@@ -4,7 +4,6 @@ numbers, and a small end-to-end run that trains them into the sweep's folder onc
 import importlib
 import json
 import random
-from dataclasses import replace
 
 import matplotlib
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from lm_helpers import tiny_model
+from lm_helpers import tiny_model, tiny_sweep_config
 from msae.experiments import profiles, studies, sweep
 from msae.experiments.names import parse_sae_name
 from msae.io import load_sae
@@ -223,12 +222,7 @@ TINY_STUDY = studies.StudyConfig(
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    config = profiles.sweep_config(
-        "smoke", corpus=replace(profiles.STORIES, n_documents=60), eval_corpus=replace(profiles.HELD_OUT_STORIES, n_documents=20),
-        hook_name="blocks.1.hook_resid_post", d_sae=32, k_values=[4], matched_k=4, n_tokens=1200, steps=12,
-        batch_size=64, context_size=32, eval_context_size=24, eval_contexts=4, warmup_steps=3, dead_after_tokens=300,
-        threshold_start_step=4,
-    )
+    config = tiny_sweep_config(n_documents=60)
     runs = tmp_path_factory.mktemp("runs")
     model = tiny_model("llama")
     results = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations"],
