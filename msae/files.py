@@ -7,10 +7,17 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: nothing is locked there
+    fcntl = None
 
 # The name atomic_write gives its temporary files: ".<name>.<8 characters>.tmp". Eight of
 # [a-z0-9_] also covers the names tempfile.mkstemp gave them in earlier versions of msae.
@@ -115,6 +122,38 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=json_default) + "\n").encode()))
+
+
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder) for the block,
+    waiting while another process holds it. For what several processes (two notebooks open at
+    once, make's parallel lanes) may do to one place: a read-modify-write of a shared file, or
+    building a cache that the others should wait for rather than build again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                if error.errno != errno.ENOLCK:  # a file system without locks (some NFS): go on unlocked
+                    raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def update_json(path: Path, update: Callable[[Any], Any], missing: Any = None) -> Any:
+    """Rewrite the JSON file ``path`` as ``update(its content)`` (``missing`` when there is no
+    file yet), atomically and under :func:`waiting_lock`, so that processes updating one file at
+    once do not lose each other's entries; return what was written."""
+    path = Path(path)
+    with waiting_lock(path.parent / f".{path.name}.lock"):
+        data = update(json.loads(path.read_text()) if path.is_file() else missing)
+        write_json(path, data)
+    return data
 
 
 def json_default(value: Any) -> Any:

@@ -171,6 +171,52 @@ def test_two_saes_given_one_run_folder_are_refused(tmp_path, seed):
                    {"a": tmp_path / "x", "b": tmp_path / "y" / ".." / "x"}, progress=False)
 
 
+READER = textwrap.dedent("""
+    import sys, time
+    from msae.training.checkpoint import run_folder_lock
+
+    with run_folder_lock(sys.argv[1], exclusive=False):  # a notebook that has loaded a finished run
+        print("reading", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_finished_runs_are_read_side_by_side_but_not_written_while_read(tmp_path, seed):
+    folder = tmp_path / "run"
+    finished = train(sae(seed), Data(seed), config(), folder, progress=False)
+    before = (folder / "checkpoint.pt").read_bytes()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline() == "reading\n"
+        again = train(sae(seed), Data(seed), config(), folder, progress=False)  # a second reader: loads it
+        assert torch.equal(again.sae.W_dec, finished.sae.W_dec) and not torch.equal(again.sae.W_dec, sae(seed).W_dec)
+        with pytest.raises(RunFolderLocked, match="one reading it"):  # extending it would write
+            train(sae(seed), Data(seed), config(steps=STEPS + 5), folder, progress=False)
+        assert (folder / "checkpoint.pt").read_bytes() == before
+    finally:
+        reader.kill()
+        reader.wait()
+        reader.stdout.close()
+    assert train(sae(seed), Data(seed), config(steps=STEPS + 5), folder, progress=False).resumed_from == STEPS
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from msae.files import update_json
+
+    for i in range(40):
+        update_json(sys.argv[1], lambda saved: {**saved, f"{sys.argv[2]}-{i}": i}, {})
+""")
+
+
+def test_processes_updating_one_json_file_keep_each_others_entries(tmp_path):
+    path = tmp_path / "results.json"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name]) for name in "abc"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    assert json.loads(path.read_text()) == {f"{name}-{i}": i for name in "abc" for i in range(40)}
+    assert temp_files(tmp_path) == []
+
+
 # --- 4. a full disk ------------------------------------------------------------------------------
 
 class FullDisk:

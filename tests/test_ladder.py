@@ -163,7 +163,7 @@ def test_rows_have_one_record_per_sae_with_absorption(tiny_ladder):
 
 def test_running_the_ladder_again_retrains_and_reevaluates_nothing(tiny_ladder, monkeypatch):
     config, runs, results, _, _, trained, _ = tiny_ladder
-    monkeypatch.setattr(importlib.import_module("msae.experiments.ladder"), "evaluate_sae",
+    monkeypatch.setattr(importlib.import_module("msae.experiments.sweep"), "evaluate_sae",
                         lambda *a, **k: pytest.fail("re-evaluated"))
     monkeypatch.setattr(importlib.import_module("msae.training.loop"), "_loop", lambda *a, **k: pytest.fail("retrained"))
     again = ladder.run_ladder(results, TINY_LADDER, runs, progress=False)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..files import atomic_write, write_json
+from ..files import atomic_write, waiting_lock, write_json
 from .sources import EpochShuffledRows
 from .stories import corpus_fingerprint, generate_stories
 
@@ -199,12 +199,20 @@ class ActivationConfig:
 
 
 def collect_activations(model, config: ActivationConfig, cache_root: str | Path, progress: bool = True) -> Path:
-    """Collect (or finish collecting) the activations of ``config``; returns the cache folder."""
+    """Collect (or finish collecting) the activations of ``config``; returns the cache folder.
+    A second process asking for the same activations meanwhile waits for them, then reuses them."""
+    folder = Path(cache_root) / config.key()
+    if (folder / "meta.json").is_file():
+        return folder
+    with waiting_lock(Path(cache_root) / f".{config.key()}.lock"):
+        return _collect_activations(model, config, folder, progress)
+
+
+def _collect_activations(model, config: ActivationConfig, folder: Path, progress: bool) -> Path:
     from .models import check_hook_name
 
     layer = check_hook_name(model, config.hook_name)
-    folder = Path(cache_root) / config.key()
-    if (folder / "meta.json").is_file():
+    if (folder / "meta.json").is_file():  # collected by the process we waited for
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "config.json", asdict(config))

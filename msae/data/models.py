@@ -121,30 +121,39 @@ def _load_unprocessed(model, state_dict: dict[str, torch.Tensor]) -> None:
 def load_smollm2(cache_dir: str | Path, device: str = "cpu"):
     """SmolLM2-135M-Instruct. The first call converts the GGUF file (about 20 s) and writes the
     converted weights, config and tokenizer under ``cache_dir``; later calls read those."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
-    from ..files import atomic_write, write_json
+    from ..files import waiting_lock
 
     cache = Path(cache_dir) / SMOLLM2
     weights, config_file = cache / "model.safetensors", cache / "config.json"
-    if not (weights.is_file() and config_file.is_file() and (cache / "tokenizer").is_dir()):
-        from transformers import AutoModelForCausalLM
-
-        gguf = smollm2_gguf_path()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model = hooked_from_hf_llama(hf_model, tokenizer)
-        tokenizer.save_pretrained(cache / "tokenizer")
-        tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-        atomic_write(weights, lambda f: f.write(save(tensors)))
-        write_json(config_file, llama_config(hf_model.config))  # written last: marks the cache complete
-        return model.to(device, print_details=False)
+    with waiting_lock(Path(cache_dir) / f".{SMOLLM2}.lock"):  # processes starting at once convert it once
+        if not (weights.is_file() and config_file.is_file() and (cache / "tokenizer").is_dir()):
+            return _convert_smollm2(cache, device)
     tokenizer = AutoTokenizer.from_pretrained(cache / "tokenizer")
     cfg = HookedTransformerConfig(**json.loads(config_file.read_text()), device=device, init_weights=False)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_state_dict(load_file(weights), strict=False)
+    return model.to(device, print_details=False)
+
+
+def _convert_smollm2(cache: Path, device: str):
+    """Convert the GGUF file into a HookedTransformer and write it under ``cache``."""
+    from safetensors.torch import save
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..files import atomic_write, write_json
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = hooked_from_hf_llama(hf_model, tokenizer)
+    tokenizer.save_pretrained(cache / "tokenizer")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(cache / "model.safetensors", lambda f: f.write(save(tensors)))
+    write_json(cache / "config.json", llama_config(hf_model.config))  # written last: marks the cache complete
     return model.to(device, print_details=False)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..files import atomic_write
+from ..files import atomic_write, waiting_lock
 from .stories import corpus_fingerprint, generate_stories
 
 FORMAT = "msae-text-activations-1"
@@ -248,14 +248,15 @@ def story_activations(
     }
     key = hashlib.sha256(json.dumps(key_content, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"story_activations_{key}.pt"
-    if path.is_file():
-        return TextActivations.load(path)
-    stories = generate_stories(n_stories, seed)
-    acts = collect_text_activations(
-        model, hook_name, [s.text for s in stories], context_size, batch_size,
-        spans=[s.spans for s in stories], labels=[s.labels for s in stories], progress=progress,
-    )
-    acts.save(path)
+    with waiting_lock(path.parent / f".{path.name}.lock"):  # another process collecting them: wait, then reuse
+        if path.is_file():
+            return TextActivations.load(path)
+        stories = generate_stories(n_stories, seed)
+        acts = collect_text_activations(
+            model, hook_name, [s.text for s in stories], context_size, batch_size,
+            spans=[s.spans for s in stories], labels=[s.labels for s in stories], progress=progress,
+        )
+        acts.save(path)
     return acts
 
 

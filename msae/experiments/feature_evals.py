@@ -28,7 +28,7 @@ import torch
 
 from ..data import story_activations
 from ..evals import absorption, autointerp, concepts, meta_sae, probe_tasks
-from ..files import write_json
+from ..files import waiting_lock, write_json
 from ..io import load_sae
 from .names import parse_sae_name, sae_name
 
@@ -197,14 +197,15 @@ class FeatureEvaluator:
     @cached_property
     def letters(self) -> tuple[absorption.LetterDataset, absorption.LetterProbes]:
         folder = self.data_dir / "letters"
-        if (folder / "letter_words.json").is_file():
-            data = absorption.load_letter_dataset(folder)
-        else:
-            cfg = self.config
-            data = absorption.collect_letter_dataset(
-                self.model, self.results.config.hook_name, seed=cfg.letter_seed, max_words=cfg.letter_max_words,
-                progress=self.progress)
-            absorption.save_letter_dataset(data, folder)
+        with waiting_lock(self.data_dir / ".letters.lock"):  # another process collecting them: wait, then reuse
+            if (folder / "letter_words.json").is_file():
+                data = absorption.load_letter_dataset(folder)
+            else:
+                cfg = self.config
+                data = absorption.collect_letter_dataset(
+                    self.model, self.results.config.hook_name, seed=cfg.letter_seed, max_words=cfg.letter_max_words,
+                    progress=self.progress)
+                absorption.save_letter_dataset(data, folder)
         return data, absorption.train_letter_probes(data, self.config.letter_probe_recipe, self.config.letter_seed)
 
     @cached_property
@@ -234,30 +235,34 @@ class FeatureEvaluator:
             for i, source in enumerate(SAEBENCH_PROBE_SOURCES):
                 suite = probe_tasks.hf_text_tasks(source, seed=cfg.seed)
                 path = self.data_dir / f"probe_texts_{i}.pt"
-                if path.is_file():
-                    acts = story_activations.TextActivations.load(path)
-                else:
-                    acts = story_activations.collect_text_activations(
-                        self.model, sweep.hook_name, suite.texts, cfg.context_size, progress=self.progress)
-                    acts.save(path)
+                with waiting_lock(self.data_dir / f".probe_texts_{i}.lock"):
+                    if path.is_file():
+                        acts = story_activations.TextActivations.load(path)
+                    else:
+                        acts = story_activations.collect_text_activations(
+                            self.model, sweep.hook_name, suite.texts, cfg.context_size, progress=self.progress)
+                        acts.save(path)
                 suites.append((source, suite, acts))
         return [(name, suite, acts, story_activations.pooled_resid(acts)) for name, suite, acts in suites]
 
     # --- per SAE -------------------------------------------------------------------------------
-    def result_path(self, name: str, metric: str) -> Path:
-        return self.results.folder / name / "evals" / f"{metric}.json"
+    def result_path(self, name: str, metric: str, results=None) -> Path:
+        return (results or self.results).folder / name / "evals" / f"{metric}.json"
 
-    def evaluate(self, name: str, metric: str) -> dict[str, Any]:
-        """``metric`` of the sweep's SAE ``name``: read back if done, computed and saved if not
-        (an autointerp run without a judge is reported and not saved)."""
+    def evaluate(self, name: str, metric: str, results=None) -> dict[str, Any]:
+        """``metric`` of the SAE ``name`` of the sweep (or, given ``results``, of another sweep
+        folder of the same model and hook, e.g. a scale-ladder rung): read back if done, computed
+        and saved in that folder if not (an autointerp run without a judge is reported and not
+        saved)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
-        path = self.result_path(name, metric)
+        results = results or self.results
+        path = self.result_path(name, metric, results)
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("eval_data") == self.data_dir.name:  # else made with other settings: redo
                 return saved
-        sae = load_sae(self.results.sae_path(name)).eval()
+        sae = load_sae(results.sae_path(name)).eval()
         self._prepare(metric)  # shared data is built once and not counted in any one SAE's time
         start = time.perf_counter()
         result = getattr(self, f"_{metric}")(sae)

@@ -36,13 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.activations import ActivationConfig, CachedActivations, LiveActivations, collect_activations
-from ..evals.lm_eval import evaluate_sae
 from ..files import write_json
-from ..saes.registry import build_sae
-from ..training.loop import train_many
 from .feature_evals import flat_columns
 from .studies import architecture_fields, scaling_name
-from .sweep import SweepConfig, SweepResults, sae_configs
+from .sweep import SweepConfig, SweepResults, sae_configs, train_and_evaluate
 from .verdicts import CLAIMS, observed_direction, verdict
 
 LADDER_ARCHITECTURES = ("batchtopk", "matryoshka")
@@ -185,7 +182,9 @@ class LadderResults:
         cached in its folder."""
         rows = []
         for rung in self.rungs:
-            absorption = _absorption(evaluator, rung.results, rung.names) if evaluator is not None else {}
+            # the evaluator's letter data and probes serve every rung; results are cached in the rung's folder
+            absorption = ({name: evaluator.evaluate(name, "absorption", rung.results) for name in rung.names}
+                          if evaluator is not None else {})
             for row in rung.results.rows(rung.names):
                 row.update(tokens=rung.tokens, token_budget=rung.token_budget, tokens_collected=rung.tokens_collected,
                            steps=rung.results.config.steps, epochs=rung.epochs)
@@ -196,17 +195,6 @@ class LadderResults:
 
     def sae_path(self, tokens: int, name: str) -> Path:
         return next(r for r in self.rungs if r.tokens == tokens).results.sae_path(name)
-
-
-def _absorption(evaluator, results: SweepResults, names: Sequence[str]) -> dict[str, dict]:
-    """``{name: absorption result}`` of one rung's SAEs, with ``evaluator``'s letter data and
-    probes (built once for every rung) and results cached in the rung's folder."""
-    own = evaluator.results
-    evaluator.results = results  # the evaluator reads SAEs and writes results through ``results``
-    try:
-        return {name: evaluator.evaluate(name, "absorption") for name in names}
-    finally:
-        evaluator.results = own
 
 
 def run_ladder(results: SweepResults, ladder: LadderConfig, runs_dir: str | Path, progress: bool = True) -> LadderResults:
@@ -248,16 +236,8 @@ def run_ladder(results: SweepResults, ladder: LadderConfig, runs_dir: str | Path
             data = (CachedActivations(cache, rung.batch_size, seed=rung.seed) if rung.storage == "disk" else
                     LiveActivations(model, rung.activation_config(), rung.batch_size, rung.buffer_tokens, rung.seed))
             data.check(data.d_model, rung.model_name, rung.hook_name)
-            saes = {name: build_sae(fields.get("architecture") or ("matryoshka" if fields.get("group_sizes") else "batchtopk"),
-                                    d_in=data.d_model, **{key: v for key, v in fields.items() if key != "architecture"})
-                    for name, fields in group.items()}
-            trained = train_many(saes, data, rung.train_config(), {name: folder / name for name in group}, progress,
-                                 f"ladder, {tokens:,} tokens, width {width}")
-            for name, result in trained.items():
-                if name not in metrics or "kl_sae" not in metrics[name]:  # full width only, as the studies
-                    metrics[name] = {"config": result.sae.export_config(),
-                                     **evaluate_sae(result.sae, model, results.eval_set())}
-                    write_json(folder / "results.json", metrics)
+            train_and_evaluate(group, data, rung, folder, metrics, model, results.eval_set(), progress,
+                               f"ladder, {tokens:,} tokens, width {width}", prefixes=False)
             names += list(group)
         rungs.append(Rung(min(tokens, collected or tokens), tokens, rung_results, names, collected))
     return LadderResults(ladder, k, rungs)

@@ -22,7 +22,7 @@ import torch
 from ..data.activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
 from ..data.models import load_model
 from ..evals.lm_eval import EvalSet, build_eval_set, evaluate_sae, splice_controls
-from ..files import write_json
+from ..files import update_json, write_json
 from ..io import load_sae
 from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from ..saes.registry import build_sae
@@ -230,6 +230,25 @@ class SweepResults:
         return format_table(self.rows(names), ["sae", *columns])
 
 
+def train_and_evaluate(group: dict[str, dict], data, config: SweepConfig, folder: Path, metrics: dict[str, dict], model,
+                       eval_set: EvalSet, progress: bool, description: str, prefixes: bool = True) -> None:
+    """Train the SAEs of ``group`` (``{name: build_sae fields}``) together on the stream ``data``,
+    each in ``folder / name``; evaluate the new ones in the model (and each prefix of a Matryoshka
+    SAE when ``prefixes``) into ``metrics`` and ``folder / "results.json"``."""
+    # the main sweep's fields name no architecture: Matryoshka when they have groups
+    saes = {name: build_sae(fields.get("architecture") or ("matryoshka" if fields.get("group_sizes") else "batchtopk"),
+                            d_in=data.d_model, **{k: v for k, v in fields.items() if k != "architecture"})
+            for name, fields in group.items()}
+    trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
+    for name, result in trained.items():
+        if name not in metrics or "kl_sae" not in metrics[name]:  # new, or evaluated before KL was measured
+            groups = group[name].get("group_sizes")
+            ends = prefix_ends(groups) if prefixes and groups and len(groups) > 1 else None
+            entry = {"config": result.sae.export_config(), **evaluate_sae(result.sae, model, eval_set, ends)}
+            # merged under a lock: another process may be adding its own SAEs to this file
+            metrics.update(update_json(folder / "results.json", lambda saved, n=name, e=entry: {**saved, n: e}, {}))
+
+
 def sweep_eval_set(model, config: SweepConfig) -> EvalSet:
     """The sweep's held-out evaluation tokens and their clean activations."""
     return build_eval_set(model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
@@ -265,41 +284,26 @@ def run_sweep(
         data.check(data.d_model, config.model_name, config.hook_name)
         return data
 
-    def train_and_evaluate(group: dict[str, dict], description: str, prefixes: bool = True) -> None:
-        """Train the SAEs of ``group`` together on one stream, then evaluate the new ones (and
-        each prefix of a Matryoshka SAE when ``prefixes``)."""
-        data = stream()
-        # the main sweep's fields name no architecture: Matryoshka when they have groups
-        saes = {name: build_sae(fields.get("architecture") or ("matryoshka" if fields.get("group_sizes") else "batchtopk"),
-                                d_in=data.d_model,
-                                **{k: v for k, v in fields.items() if k != "architecture"})
-                for name, fields in group.items()}
-        trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
-        for name, result in trained.items():
-            if name not in metrics or "kl_sae" not in metrics[name]:  # new, or evaluated before KL was measured
-                groups = group[name].get("group_sizes")
-                ends = prefix_ends(groups) if prefixes and groups and len(groups) > 1 else None
-                metrics[name] = {"config": result.sae.export_config(), **evaluate_sae(result.sae, model, eval_set, ends)}
-                write_json(results_path, metrics)
+    def train_group(group: dict[str, dict], description: str, prefixes: bool = True) -> None:
+        train_and_evaluate(group, stream(), config, folder, metrics, model, eval_set, progress, description, prefixes)
 
-    train_and_evaluate(sae_configs(config), "sweep")
+    train_group(sae_configs(config), "sweep")
     # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
     reference = sae_configs(config)[sae_name("batchtopk", config.matched_k)]
     matched = {}
     for prefix in metrics[sae_name("matryoshka", config.matched_k)]["prefixes"][:-1]:
         k = max(1, round(prefix["l0"]))
         matched[sae_name("batchtopk", k, prefix_width=prefix["width"])] = dict(reference, d_sae=prefix["width"], k=k)
-    train_and_evaluate(matched, "prefix-matched BatchTopK")
+    train_group(matched, "prefix-matched BatchTopK")
 
     if studies:
         study_config = study_config or StudyConfig()
         studies_path = folder / "studies.json"  # the sizes each study last ran with
-        recorded = json.loads(studies_path.read_text()) if studies_path.is_file() else {}
-        write_json(studies_path, {**recorded, **{study: asdict(study_config) for study in studies}})
+        update_json(studies_path, lambda recorded: {**recorded, **{study: asdict(study_config) for study in studies}}, {})
     for study in studies:
         group = study_configs(config, study_config, study)
         for width in sorted({fields["d_sae"] for fields in group.values()}):  # one stream per width
             # full width only: no figure reads a study SAE's prefixes, and each costs a pass of the model
-            train_and_evaluate({n: f for n, f in group.items() if f["d_sae"] == width}, f"{study}, width {width}",
-                               prefixes=False)
+            train_group({n: f for n, f in group.items() if f["d_sae"] == width}, f"{study}, width {width}",
+                        prefixes=False)
     return SweepResults(folder, config, metrics, model)

@@ -4,19 +4,17 @@ A checkpoint is one ``torch.save`` file holding everything needed to continue a 
 the SAE's parameters and buffers, the optimizer state, the data stream's position, the input
 scale, the step and the run's config (to refuse a checkpoint of a different run).
 
-A run folder is locked while a run trains in it (:func:`run_folder_lock`), so that a second
-process cannot write a different run into it at the same time.
+A run folder is locked (:class:`RunFolderLock`): exclusively while a run trains in it, so that a
+second process cannot write into it at the same time; shared while finished runs are only read.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,50 +42,68 @@ class RunFolderLocked(RuntimeError):
     """A run folder another live process is training in."""
 
 
-@contextmanager
-def run_folder_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock (creating the folder) for the ``with`` block, or raise
-    :class:`RunFolderLocked` naming the process that holds it. Once held, the temp files a
-    killed earlier writer left in the folder are deleted: no one else can be writing them.
+class RunFolderLock:
+    """The lock of one run folder: an ``flock`` on its file ``.msae-lock``, which the system
+    releases when the process ends, however it ends (a lock file left by a dead process does not
+    block). Shared while a process only reads a finished run, so that any number of notebooks can
+    load one sweep at once; exclusive while one trains (writes) in it. Neither waits: a process
+    that cannot have the lock gets :class:`RunFolderLocked` naming the process that holds it."""
 
-    The lock is an ``flock`` on the file ``.msae-lock``: the system releases it when its
-    process ends, however it ends, so a lock file left by a dead process does not block."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
-    try:
-        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
-    except PermissionError:  # another user's lock file in a shared folder: flock needs no write access
-        fd, writable = os.open(path, os.O_RDONLY), False
-    try:
-        if fcntl is not None and not _flock(fd, path):
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / LOCK_FILE
+        self.exclusive = False
+        try:
+            self._fd, self._writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), True
+        except PermissionError:  # another user's lock file in a shared folder: flock needs no write access
+            self._fd, self._writable = os.open(self.path, os.O_RDONLY), False
+
+    def acquire(self, exclusive: bool) -> None:
+        """Take the lock (shared or exclusive) without waiting, then delete the temp files a killed
+        earlier writer left: while we hold it, no one else can be writing them."""
+        if fcntl is not None and not _flock(self._fd, self.path, exclusive):
+            # (a refused upgrade from shared leaves no lock at all: see flock(2); we raise anyway)
             raise RunFolderLocked(
-                f"run folder {folder} is in use by {_holder(path)}; wait for that run to end, "
-                "or train in another folder"
+                f"run folder {self.folder} is in use by {_holder(self.path)}; wait for that process to end, "
+                "or use another folder"
             )
-        if writable:  # who holds it, for the message another writer gets
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        for stale in (folder, *(folder / sub for sub in RUN_SUBFOLDERS)):
+        self.exclusive = exclusive
+        if exclusive and self._writable:  # who holds it, for the message another process gets
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        for stale in (self.folder, *(self.folder / sub for sub in RUN_SUBFOLDERS)):
             remove_stale_temp_files(stale)
-        yield
-    finally:
-        if writable:  # the next holder writes its own name; until then, name no one
+
+    def release(self) -> None:
+        if self.exclusive and self._writable:  # the next writer writes its own name; until then, name no one
             try:
-                os.ftruncate(fd, 0)
+                os.ftruncate(self._fd, 0)
             except OSError:
                 pass
-        os.close(fd)  # releases the lock
+        os.close(self._fd)  # releases the lock
 
 
-def _flock(fd: int, path: Path) -> bool:
+@contextmanager
+def run_folder_lock(folder: Path, exclusive: bool = True) -> Iterator[RunFolderLock]:
+    """Hold ``folder``'s lock (creating the folder) for the ``with`` block: exclusive to write
+    a run there, shared to read a finished one (see :class:`RunFolderLock`)."""
+    lock = RunFolderLock(folder)
+    try:
+        lock.acquire(exclusive)
+        yield lock
+    finally:
+        lock.release()
+
+
+def _flock(fd: int, path: Path, exclusive: bool = True) -> bool:
     """Take the lock without waiting; False if another process holds it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError as error:  # e.g. ENOLCK: an NFS mount without a lock service
-        warnings.warn(f"cannot lock {path} ({error}); training there unlocked", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"cannot lock {path} ({error}); working there unlocked", RuntimeWarning, stacklevel=4)
     return True
 
 
@@ -96,32 +112,42 @@ def _holder(path: Path) -> str:
         holder = path.read_text().strip()
     except OSError:
         holder = ""
-    return holder or "another process (which has not written its pid yet)"
+    return holder or "another process (one reading it, or one that has not written its pid yet)"
 
 
-def holding_run_folders(train_many: Callable) -> Callable:
-    """Decorate ``train_many`` so that each call holds the lock of every folder in its
-    ``run_dirs`` argument (see :func:`run_folder_lock`) from start to end, exceptions and
-    Ctrl-C included."""
-    signature = inspect.signature(train_many)
+class RunFolderLocks:
+    """The locks of several run folders, held shared; :meth:`for_writing` makes some exclusive."""
 
-    @functools.wraps(train_many)
-    def locked(*args, **kwargs):
-        run_dirs = signature.bind(*args, **kwargs).arguments.get("run_dirs") or {}
-        owners: dict[Path, tuple[str, Path]] = {}  # resolved folder -> the SAE and the folder as given
-        for name, folder in run_dirs.items():
-            if folder is None:
-                continue
-            key = Path(folder).resolve()
-            if key in owners:  # two SAEs in one folder would overwrite each other's files
-                raise ValueError(f"SAEs {owners[key][0]!r} and {name!r} are given the same run folder {folder}")
-            owners[key] = name, Path(folder)
-        with ExitStack() as stack:
-            for _, folder in owners.values():
-                stack.enter_context(run_folder_lock(folder))
-            return train_many(*args, **kwargs)
+    def __init__(self, locks: dict[Path, RunFolderLock]):
+        self._locks = locks
 
-    return locked
+    def for_writing(self, folders: Iterable[str | Path | None]) -> None:
+        """Make the locks of ``folders`` exclusive (raise :class:`RunFolderLocked` if another
+        process reads or writes one). The reads done under the shared lock stay valid: no one can
+        write while we hold it, and flock's conversion is immediate or refused."""
+        for folder in folders:
+            if folder is not None:
+                lock = self._locks[Path(folder).resolve()]
+                if not lock.exclusive:
+                    lock.acquire(exclusive=True)
+
+
+@contextmanager
+def holding_run_folders(run_dirs: dict[str, str | Path | None]) -> Iterator[RunFolderLocks]:
+    """Hold the lock of every folder in ``run_dirs`` (``{SAE name: folder or None}``), shared,
+    for the ``with`` block, exceptions and Ctrl-C included; refuse two SAEs given one folder."""
+    owners: dict[Path, tuple[str, Path]] = {}  # resolved folder -> the SAE and the folder as given
+    for name, folder in run_dirs.items():
+        if folder is None:
+            continue
+        key = Path(folder).resolve()
+        if key in owners:  # two SAEs in one folder would overwrite each other's files
+            raise ValueError(f"SAEs {owners[key][0]!r} and {name!r} are given the same run folder {folder}")
+        owners[key] = name, Path(folder)
+    with ExitStack() as stack:
+        locks = {key: stack.enter_context(run_folder_lock(folder, exclusive=False))
+                 for key, (_, folder) in owners.items()}
+        yield RunFolderLocks(locks)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -321,7 +321,6 @@ class _Run:
             self.save(self.config.steps, data, finished=True)
 
 
-@holding_run_folders  # locks each run folder for the call and clears a killed run's temp files
 def train_many(
     saes: dict[str, SparseAutoencoder],
     data: DataSource,
@@ -334,36 +333,39 @@ def train_many(
     all of them, so they see the same data in the same order. Each SAE keeps its own run folder
     (``run_dirs[name]``), checkpoints and results, exactly as :func:`train` writes them."""
     run_dirs = run_dirs or {}
-    check = _batch_check(saes, config.steps)
-    runs = [_Run(name, sae, data, config, run_dirs.get(name)) for name, sae in saes.items()]
-    for run in runs:
-        run.restore()
-    pending = [run for run in runs if not run.finished]
-    starts = sorted({run.start for run in pending})
-    if len(starts) > 1:
-        raise CheckpointError(
-            f"the SAEs trained together here were saved at different steps {starts}; "
-            "delete the run folders of the ones to restart, or train them separately"
-        )
-    if pending:
-        start = starts[0]
-        if start > 0:
-            data.load_state_dict(pending[0].data_state)
-            scale = pending[0].scale
-        else:
-            scale = (estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm, check)
-                     if config.normalize_inputs else 1.0)
-        for run in pending:
-            run.scale = scale
-            if run.run_dir is not None and (start == 0 or run.steps_changed):
-                write_json(run.run_dir / "config.json", run.run_config)
-        _loop(pending, data, config, start, scale, progress, description, check)
-        for run in pending:
-            run.finish(data)
-    return {
-        run.name: TrainResult(run.sae, run.history, run.scale, run.start if run.start and run in pending else None)
-        for run in runs
-    }
+    # shared while restoring (many processes may read finished runs at once), exclusive to train
+    with holding_run_folders(run_dirs) as locks:
+        check = _batch_check(saes, config.steps)
+        runs = [_Run(name, sae, data, config, run_dirs.get(name)) for name, sae in saes.items()]
+        for run in runs:
+            run.restore()
+        pending = [run for run in runs if not run.finished]
+        starts = sorted({run.start for run in pending})
+        if len(starts) > 1:
+            raise CheckpointError(
+                f"the SAEs trained together here were saved at different steps {starts}; "
+                "delete the run folders of the ones to restart, or train them separately"
+            )
+        if pending:
+            locks.for_writing(run.run_dir for run in pending)
+            start = starts[0]
+            if start > 0:
+                data.load_state_dict(pending[0].data_state)
+                scale = pending[0].scale
+            else:
+                scale = (estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm, check)
+                         if config.normalize_inputs else 1.0)
+            for run in pending:
+                run.scale = scale
+                if run.run_dir is not None and (start == 0 or run.steps_changed):
+                    write_json(run.run_dir / "config.json", run.run_config)
+            _loop(pending, data, config, start, scale, progress, description, check)
+            for run in pending:
+                run.finish(data)
+        return {
+            run.name: TrainResult(run.sae, run.history, run.scale, run.start if run.start and run in pending else None)
+            for run in runs
+        }
 
 
 def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, scale: float, progress, description,
