@@ -1,7 +1,9 @@
 """msae.data.english without the network: small .deb files, SWORD modules and R vectors made here."""
 
+import dataclasses
 import hashlib
 import io
+import json
 import lzma
 import struct
 import tarfile
@@ -197,6 +199,20 @@ def test_iter_documents_reads_the_cache_and_splits_deterministically(cached_engl
     reordered = list(iter_documents(CorpusConfig(source="english", path=str(cached_english), seed=1)))
     assert reordered != train and sorted(reordered) == sorted(train)
     assert len(list(iter_documents(CorpusConfig(source="english", path=str(cached_english), n_documents=3)))) == 3
+
+
+def test_split_documents_are_kept_and_read_back_without_parsing(cached_english, monkeypatch):
+    first = english.english_documents(cached_english, split="test")
+    kept = sorted((cached_english / "english").glob("*-documents-v*.json"))
+    assert len(kept) == 2
+    sources = dict(english.SOURCES)
+    monkeypatch.setattr(english, "SOURCES", {name: dataclasses.replace(source, documents=lambda files: pytest.fail(
+        "split again")) for name, source in sources.items()})  # a second read does not split the packages again
+    assert english.english_documents(cached_english, split="test") == first
+    kept[0].write_text('["half a docu')  # damaged: split again, not fatal
+    monkeypatch.setattr(english, "SOURCES", sources)
+    assert english.english_documents(cached_english, split="test") == first
+    assert json.loads(kept[0].read_text())  # and rewritten whole
 
 
 def test_english_corpus_config(tmp_path):

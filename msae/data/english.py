@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import html
 import io
+import json
 import lzma
 import os
 import re
@@ -395,11 +396,21 @@ def english_fingerprint(sources: Sequence[str] | None = None) -> str:
 
 
 def source_documents(name: str, cache_dir: str | Path, mirrors: Sequence[str] = MIRRORS) -> list[str]:
-    """All documents of one source, in the order of the text."""
+    """All documents of one source, in the order of the text. Splitting a package takes seconds
+    (the Bible's markup most), and every notebook reads the held-out split again: the documents
+    are kept beside the package, in a file named by its checksum and :data:`DOCUMENTS_VERSION`."""
     if name not in SOURCES:
         raise ValueError(f"unknown English source {name!r}; choose from {sorted(SOURCES)}")
     source = SOURCES[name]
-    return source.documents(deb_files(fetch_package(source, cache_dir, mirrors), source.members))
+    split = Path(cache_dir) / "english" / f"{source.name}-{source.sha256[:12]}-documents-v{DOCUMENTS_VERSION}.json"
+    if split.is_file():
+        try:
+            return json.loads(split.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # damaged: split the package again
+            pass
+    documents = source.documents(deb_files(fetch_package(source, cache_dir, mirrors), source.members))
+    atomic_write(split, lambda f: f.write(json.dumps(documents).encode("utf-8")))
+    return documents
 
 
 def is_held_out(document: str) -> bool:
