@@ -19,6 +19,9 @@ def test_each_profile_line_names_its_model_width_and_tokens(profile):
     assert f"{sweep.eval_contexts:,} contexts of {sweep.eval_context_size} tokens" in line
     if sweep.corpus.source == "stories":
         assert f"trained on {sweep.corpus.n_documents:,} generated stories" in line
+    elif sweep.corpus.source == "english":
+        assert "trained on public-domain English (train split" in line
+        assert "from public-domain English (test split" in line
     else:
         assert f"trained on the HF dataset {sweep.corpus.path}" in line
 

@@ -45,7 +45,8 @@ class SweepConfig:
         d_sae: the SAEs' width.
         k_values: the L0s of the main sweep (one BatchTopK and one Matryoshka SAE each).
         matched_k: Fig 13 matches the prefixes of the Matryoshka SAE with this k.
-        n_tokens: activations collected (``storage="disk"``) or streamed.
+        n_tokens: activations collected (``storage="disk"``: in whole shards, so at least this many)
+            or streamed.
         steps: training steps of every SAE.
         batch_size: tokens per training batch.
         context_size: tokens per training context.
@@ -61,6 +62,7 @@ class SweepConfig:
         exclude_first: tokens at the start of each context left out (the attention sink).
         prepend_bos: whether each context starts with the BOS token.
         storage: "disk": collect the activations once and reuse them; "live": compute them into a shuffled buffer.
+        shard_contexts: contexts per shard file of collected activations (disk storage only).
         buffer_tokens: the size of that buffer (live storage only).
         device: where the SAEs train ("cpu", "cuda").
         needs_gpu: refuse to start without a CUDA GPU.
@@ -90,6 +92,7 @@ class SweepConfig:
     exclude_first: int = 1
     prepend_bos: bool = False
     storage: Literal["disk", "live"] = "disk"
+    shard_contexts: int = 256
     buffer_tokens: int = 250_000
     device: str = "cpu"
     needs_gpu: bool = False
@@ -109,6 +112,7 @@ class SweepConfig:
         return ActivationConfig(
             model_name=self.model_name, hook_name=self.hook_name, corpus=self.corpus, context_size=self.context_size,
             n_tokens=self.n_tokens, exclude_first=self.exclude_first, prepend_bos=self.prepend_bos,
+            shard_contexts=self.shard_contexts,
         )
 
     def train_config(self) -> TrainConfig:
