@@ -1,8 +1,8 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
 #   make reproduce-fast   the same without the baseline, scaling, ablation and scale-ladder studies (14-17)
-#   make test        lint, unit tests, then every notebook at the smoke profile under nbval
-#                    (in two lanes: see notebook-test below)
+#   make test        lint, then the unit tests and every notebook at the smoke profile under nbval,
+#                    as jobs of one make -j2 (see notebook-test below)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,10 +14,14 @@ STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebook
 SMOKE_DIR := build/smoke
 # nbval's re-run of the smoke notebooks, in a runs folder of its own
 CHECK_DIR := build/smoke-check
+SMOKE_NOTEBOOKS := $(addprefix $(SMOKE_DIR)/,$(notdir $(NOTEBOOKS)))
+CHECKED_NOTEBOOKS := $(addprefix $(CHECK_DIR)/,$(notdir $(NOTEBOOKS:.ipynb=.passed)))
 # make test runs two processes at a time on this 2-core machine's budget: one thread each
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+comma := ,
 
-.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test notebook-test notebook-lanes lab bench interop clean env
+.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
+	notebook-jobs lab bench interop clean env
 
 env: $(STAMP)
 
@@ -45,48 +49,61 @@ run-notebooks:
 		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \
 	done
 
-# One after another even under `make -j`: the unit tests and the notebooks each use both cores.
+# Lint first (seconds); then the unit tests and the notebooks share the two cores as jobs of
+# one `make -j2` (see notebook-test): the unit tests on one worker fill the second core while the
+# smoke sweep trains.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory lint
-	@$(MAKE) --no-print-directory unit-test
-	@$(MAKE) --no-print-directory notebook-test
+	@$(MAKE) --no-print-directory notebook-folders
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-jobs
+	@echo "make test: lint, unit tests and $(words $(CHECKED_NOTEBOOKS)) notebooks passed"
 
 # lint only, in seconds: the rules are in pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check msae tests benchmarks notebooks
 
-# Two pytest-xdist workers of one thread each (two threads each would oversubscribe the two
-# cores); tests/conftest.py hands both the one seed it prints.
+# The unit tests alone, on two pytest-xdist workers of one thread each (two threads each would
+# oversubscribe the two cores); tests/conftest.py hands both the one seed it prints.
 unit-test: $(STAMP)
 	$(ONE_THREAD) $(BIN)/python -m pytest -p no:cacheprovider -n 2 tests
 
-# Each notebook runs at the smoke profile under papermill into $(SMOKE_DIR); then nbval runs the
-# output again from scratch, in $(CHECK_DIR) with a runs folder of its own (only the converted
-# model in cache/ is shared, by a symlink), and compares the outputs of the cells not tagged
-# nbval-ignore-output: the key numbers each notebook prints must come out the same. See
-# tests/README.md.
+# Internal to test: the unit tests as one job (one worker, one thread) beside the notebooks'.
+# Listed first after the sweep, so that make starts them with it.
+test-jobs: $(SMOKE_DIR)/$(notdir $(wildcard notebooks/02_*.ipynb)) unit-test-job $(CHECKED_NOTEBOOKS)
+
+unit-test-job: $(STAMP)
+	@start=$$(date +%s); echo "== unit tests (one worker)"; \
+	$(ONE_THREAD) $(BIN)/python -m pytest -p no:cacheprovider -q tests \
+	&& echo "   unit tests done in $$(( $$(date +%s) - start )) s"
+
+# Every notebook at the smoke profile, twice. papermill runs it into $(SMOKE_DIR); then nbval
+# runs that output again in $(CHECK_DIR) and compares the outputs of the cells not tagged
+# nbval-ignore-output: the key numbers each notebook prints must come out the same. The second
+# run trains and evaluates every SAE again from scratch, in a runs folder of its own; it shares
+# with the first only what the model computes and nothing trains: the converted model (cache/)
+# and the activations of the text, letters and stories (runs/activations, runs/eval_data), by
+# symlinks. See tests/README.md.
 #
-# Two lanes (make -j2), one thread each: notebook N's nbval check runs beside notebook N+1's
-# papermill run. A runs folder is used by one notebook at a time (run_sweep locks the sweep's
-# run folders even to reload them, and a second process is refused, not made to wait; and it
-# rewrites results.json whole), so in each folder the notebooks that read or write the sweep
-# (02-12, 14-17) run one after another in number order: 02 trains the sweep, 14 the baselines
-# that 15 also loads. 01 (the toy model, runs/toy only) and 13 (no runs folder) run whenever a
-# lane is free. --output-sync prints each notebook's lines together once it is done; make stops
-# at the first failure and exits non-zero.
-FREE_NOTEBOOKS := $(notdir $(wildcard notebooks/01_*.ipynb notebooks/13_*.ipynb))
-CHAINED_NOTEBOOKS := $(filter-out $(FREE_NOTEBOOKS),$(notdir $(NOTEBOOKS)))
-SMOKE_NOTEBOOKS := $(addprefix $(SMOKE_DIR)/,$(notdir $(NOTEBOOKS)))
-CHECKED_NOTEBOOKS := $(addprefix $(CHECK_DIR)/,$(notdir $(NOTEBOOKS:.ipynb=.passed)))
-
+# Both runs are jobs of one `make -j2`, one thread each. Finished runs are read under shared
+# locks and results.json is merged under a lock, so notebooks that load the sweep run side by
+# side; a notebook waits only for what it needs made first, in its own folder (NEEDS below).
+# --output-sync prints each notebook's lines together once it is done; make stops at the first
+# failure and exits non-zero.
 notebook-test: $(STAMP)
-	@rm -rf $(SMOKE_DIR) $(CHECK_DIR) && mkdir -p $(SMOKE_DIR) $(CHECK_DIR)
-	@ln -s $(abspath $(SMOKE_DIR))/cache $(CHECK_DIR)/cache
-	@$(MAKE) --no-print-directory -j2 --output-sync=target notebook-lanes
-
-# Internal to notebook-test, which first empties both folders.
-notebook-lanes: $(CHECKED_NOTEBOOKS)
+	@$(MAKE) --no-print-directory notebook-folders
+	@$(MAKE) --no-print-directory -j2 --output-sync=target notebook-jobs
 	@echo "all $(words $(CHECKED_NOTEBOOKS)) notebooks ran at smoke and passed nbval"
+
+
+# Internal: empty both folders; the second's model cache and activation caches are the first's.
+notebook-folders:
+	@rm -rf $(SMOKE_DIR) $(CHECK_DIR)
+	@mkdir -p $(SMOKE_DIR)/cache $(SMOKE_DIR)/runs/activations $(SMOKE_DIR)/runs/eval_data $(CHECK_DIR)/runs
+	@ln -s $(abspath $(SMOKE_DIR))/cache $(CHECK_DIR)/cache
+	@ln -s $(abspath $(SMOKE_DIR))/runs/activations $(CHECK_DIR)/runs/activations
+	@ln -s $(abspath $(SMOKE_DIR))/runs/eval_data $(CHECK_DIR)/runs/eval_data
+
+notebook-jobs: $(SMOKE_DIR)/$(notdir $(wildcard notebooks/02_*.ipynb)) $(CHECKED_NOTEBOOKS)
 
 $(SMOKE_DIR)/%.ipynb: notebooks/%.ipynb
 	@start=$$(date +%s); echo "== papermill $< (smoke)"; \
@@ -104,14 +121,18 @@ $(CHECK_DIR)/%.passed: $(SMOKE_DIR)/%.ipynb
 # kept after the run (as papermill left them: a failed notebook shows its error)
 .SECONDARY: $(SMOKE_NOTEBOOKS)
 
-# The order within each folder: each chained notebook after the one before it.
-define after_previous
-$(if $(PREVIOUS),$(SMOKE_DIR)/$(1): $(SMOKE_DIR)/$(PREVIOUS)
-$(CHECK_DIR)/$(1:.ipynb=.passed): $(CHECK_DIR)/$(PREVIOUS:.ipynb=.passed))
-PREVIOUS := $(1)
+# What a notebook needs made first, in the same folder: "N: M..." runs N after M. 02 trains the
+# sweep every later language-model notebook loads (01, the toy model, and 13, no model, need
+# nothing); 07 scores absorption on the sweep's SAEs, which 12 and 15-17 read back; 08 collects
+# the story activations that 09 and 11 use, and 09 scores the concepts 11 reads back; 14 trains
+# the baselines that 15 loads.
+NEEDS := 03:02 04:02 05:02 06:02 07:02 08:02 09:08 10:02 11:09 12:07 14:02 15:07,14 16:07 17:07
+notebook = $(notdir $(wildcard notebooks/$(1)_*.ipynb))
+define needs_rule
+$(SMOKE_DIR)/$(call notebook,$(1)): $(foreach m,$(2),$(SMOKE_DIR)/$(call notebook,$(m)))
+$(CHECK_DIR)/$(basename $(call notebook,$(1))).passed: $(foreach m,$(2),$(CHECK_DIR)/$(basename $(call notebook,$(m))).passed)
 endef
-PREVIOUS :=
-$(foreach nb,$(CHAINED_NOTEBOOKS),$(eval $(call after_previous,$(nb))))
+$(foreach pair,$(NEEDS),$(eval $(call needs_rule,$(word 1,$(subst :, ,$(pair))),$(subst $(comma), ,$(word 2,$(subst :, ,$(pair)))))))
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
