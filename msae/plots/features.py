@@ -26,6 +26,7 @@ def absorption_vs_l0(rows: Rows) -> plt.Figure:
     plot_vs_l0(rows, "absorption_all_letters", left, architectures=every_letter, linestyle="--", alpha=0.6)
     plot_vs_l0(rows, "split_latents_all_letters", right, architectures=every_letter, linestyle="--", alpha=0.6)
     left.set_ylabel("mean absorption fraction (lower is better)")
+    left.set_ylim(bottom=0)  # a fraction: from 0, as the paper draws it, so small gaps look small
     right.set_ylabel("split latents per letter")
     left.legend()
     return fig
