@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..distributed import Ranks, wait_for
 from ..files import atomic_write, waiting_lock, write_json
 from .sources import EpochShuffledRows
 from .stories import corpus_fingerprint, generate_stories
@@ -198,17 +199,25 @@ class ActivationConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def collect_activations(model, config: ActivationConfig, cache_root: str | Path, progress: bool = True) -> Path:
+def collect_activations(model, config: ActivationConfig, cache_root: str | Path, progress: bool = True,
+                        ranks: Ranks | None = None) -> Path:
     """Collect (or finish collecting) the activations of ``config``; returns the cache folder.
-    A second process asking for the same activations meanwhile waits for them, then reuses them."""
+
+    Under torchrun (``ranks``, default :meth:`msae.distributed.Ranks.from_environment`), rank r
+    runs the model on shards r, r + N, ... only; rank 0 then writes ``meta.json`` once every
+    shard is there, and the others wait for it. Each shard file is written whole (atomically),
+    so a run that is killed resumes from the shards it has. Two processes asking for the same
+    activations outside torchrun: one collects, the other waits and reuses them."""
+    ranks = Ranks.from_environment() if ranks is None else ranks
     folder = Path(cache_root) / config.key()
     if (folder / "meta.json").is_file():
         return folder
-    with waiting_lock(Path(cache_root) / f".{config.key()}.lock"):
-        return _collect_activations(model, config, folder, progress)
+    lock = f".{config.key()}.lock" if ranks.world_size == 1 else f".{config.key()}.rank{ranks.rank}-of-{ranks.world_size}.lock"
+    with waiting_lock(Path(cache_root) / lock):
+        return _collect_activations(model, config, folder, progress, ranks)
 
 
-def _collect_activations(model, config: ActivationConfig, folder: Path, progress: bool) -> Path:
+def _collect_activations(model, config: ActivationConfig, folder: Path, progress: bool, ranks: Ranks) -> Path:
     from .models import check_hook_name
 
     layer = check_hook_name(model, config.hook_name)
@@ -216,33 +225,33 @@ def _collect_activations(model, config: ActivationConfig, folder: Path, progress
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "config.json", asdict(config))
-    tokenizer = model.tokenizer
-    special = sorted(set(tokenizer.all_special_ids))
-    contexts = iter_contexts(iter_documents(config.corpus), tokenizer, config.context_size, config.prepend_bos)
+    special = sorted(set(model.tokenizer.all_special_ids))
     np_dtype = np.dtype(config.dtype)
 
     shards, total = [], 0
-    bar = tqdm(total=config.n_tokens, desc="activations", unit="tok", disable=not progress, mininterval=2.0)
-    with bar:
-        while total < config.n_tokens:
-            index = len(shards)
-            batch = [c for _, c in zip(range(config.shard_contexts), contexts)]
-            if not batch:
-                break  # the corpus ran out
-            tokens = torch.stack(batch)
+    label = "activations" if ranks.world_size == 1 else f"activations ({ranks}, its shards)"
+    with tqdm(total=config.n_tokens // ranks.world_size, desc=label, unit="tok", disable=not progress,
+              mininterval=2.0) as bar:
+        for index, tokens, n in _shard_plan(config, model.tokenizer, special):  # tokens: one shard at a time
             path = folder / f"shard_{index:05d}.npy"
+            shards.append({"file": path.name, "tokens_file": f"tokens_{index:05d}.npy", "n_tokens": n})
+            total += n
+            if not ranks.owns(index):
+                continue
             if not path.is_file():  # done in an earlier, interrupted call otherwise
                 acts, kept_tokens = _run_shard(model, tokens, config, layer, special)
                 if not np.isfinite(acts.astype(np_dtype)).all():
                     raise ValueError(f"activations overflow {config.dtype} in shard {index}; collect in float32")
                 atomic_write(folder / f"tokens_{index:05d}.npy", lambda f, t=kept_tokens: np.save(f, t))
                 atomic_write(path, lambda f, a=acts: np.save(f, a.astype(np_dtype)))
-            n = int(np.load(path, mmap_mode="r").shape[0])
-            shards.append({"file": path.name, "tokens_file": f"tokens_{index:05d}.npy", "n_tokens": n})
-            total += n
             bar.update(n)
     if total == 0:
         raise DataUnavailableError("the corpus gave no tokens to collect")
+    if not ranks.is_main:  # rank 0 writes the meta once every rank's shards are there
+        wait_for(lambda: (folder / "meta.json").is_file(), f"rank 0 to finish the activations in {folder}")
+        return folder
+    wait_for(lambda: all((folder / shard["file"]).is_file() for shard in shards),
+             f"the other ranks' activation shards in {folder}")
     meta = {
         "config": asdict(config),
         "d_model": model.cfg.d_model,
@@ -251,6 +260,23 @@ def _collect_activations(model, config: ActivationConfig, folder: Path, progress
     }
     write_json(folder / "meta.json", meta)
     return folder
+
+
+def _shard_plan(config: ActivationConfig, tokenizer, special: list[int]) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """``(index, tokens (shard_contexts, context_size), kept positions)`` of each shard, in order,
+    until ``n_tokens`` positions are kept or the corpus runs out; from the tokenizer alone, so
+    that every rank makes the same plan."""
+    contexts = iter_contexts(iter_documents(config.corpus), tokenizer, config.context_size, config.prepend_bos)
+    total, index = 0, 0
+    while total < config.n_tokens:
+        batch = [c for _, c in zip(range(config.shard_contexts), contexts)]
+        if not batch:
+            return  # the corpus ran out
+        tokens = torch.stack(batch)
+        n = int(keep_mask(tokens, special, config.exclude_first).sum())
+        yield index, tokens, n
+        total += n
+        index += 1
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.activations import ActivationConfig, CachedActivations, LiveActivations, collect_activations
-from ..files import write_json
+from ..files import atomic_write, write_json
 from .feature_evals import flat_columns
 from .studies import architecture_fields, scaling_name
 from .sweep import SweepConfig, SweepResults, sae_configs, train_and_evaluate
@@ -133,8 +132,10 @@ def link_smaller_cache(config: ActivationConfig, cache_root: str | Path) -> int:
             if not target.exists():
                 try:
                     os.link(donor / name, target)
+                except FileExistsError:  # another rank linked it first (msae.distributed)
+                    pass
                 except OSError:  # another file system, or no hard links there
-                    shutil.copyfile(donor / name, target)
+                    atomic_write(target, lambda f, source=donor / name: f.write(source.read_bytes()))
         linked += shard["n_tokens"]
     return linked
 

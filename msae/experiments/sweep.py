@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ import torch
 
 from ..data.activations import ActivationConfig, CachedActivations, CorpusConfig, LiveActivations, collect_activations
 from ..data.models import load_model
+from ..distributed import Ranks, wait_for
 from ..evals.lm_eval import EvalSet, build_eval_set, evaluate_sae, splice_controls
 from ..files import update_json, write_json
 from ..io import load_sae
@@ -235,15 +236,25 @@ class SweepResults:
 
 
 def train_and_evaluate(group: dict[str, dict], data, config: SweepConfig, folder: Path, metrics: dict[str, dict], model,
-                       eval_set: EvalSet, progress: bool, description: str, prefixes: bool = True) -> None:
+                       eval_set: EvalSet, progress: bool, description: str, prefixes: bool = True,
+                       ranks: Ranks | None = None) -> None:
     """Train the SAEs of ``group`` (``{name: build_sae fields}``) together on the stream ``data``,
     each in ``folder / name``; evaluate the new ones in the model (and each prefix of a Matryoshka
-    SAE when ``prefixes``) into ``metrics`` and ``folder / "results.json"``."""
+    SAE when ``prefixes``) into ``metrics`` and ``folder / "results.json"``.
+
+    Over several processes (``ranks``, default from torchrun's environment) each rank trains and
+    evaluates its share of the group (:meth:`msae.distributed.Ranks.mine`) on its own copy of
+    the stream, which gives every SAE the batches one process would, then waits until the
+    others' results are in ``results.json`` and reads them into ``metrics``."""
+    ranks = Ranks.from_environment() if ranks is None else ranks
+    mine = ranks.mine(list(group))
     # the main sweep's fields name no architecture: Matryoshka when they have groups
-    saes = {name: build_sae(fields.get("architecture") or ("matryoshka" if fields.get("group_sizes") else "batchtopk"),
-                            d_in=data.d_model, **{k: v for k, v in fields.items() if k != "architecture"})
-            for name, fields in group.items()}
-    trained = train_many(saes, data, config.train_config(), {name: folder / name for name in group}, progress, description)
+    saes = {name: build_sae(group[name].get("architecture") or ("matryoshka" if group[name].get("group_sizes") else "batchtopk"),
+                            d_in=data.d_model, **{k: v for k, v in group[name].items() if k != "architecture"})
+            for name in mine}
+    train = replace(config.train_config(), device=ranks.device(config.device))
+    label = description if ranks.world_size == 1 else f"{description} ({ranks})"
+    trained = train_many(saes, data, train, {name: folder / name for name in mine}, progress, label) if saes else {}
     for name, result in trained.items():
         if name not in metrics or "kl_sae" not in metrics[name]:  # new, or evaluated before KL was measured
             groups = group[name].get("group_sizes")
@@ -251,6 +262,15 @@ def train_and_evaluate(group: dict[str, dict], data, config: SweepConfig, folder
             entry = {"config": result.sae.export_config(), **evaluate_sae(result.sae, model, eval_set, ends)}
             # merged under a lock: another process may be adding its own SAEs to this file
             metrics.update(update_json(folder / "results.json", lambda saved, n=name, e=entry: {**saved, n: e}, {}))
+    if ranks.world_size > 1:
+        path = folder / "results.json"
+
+        def evaluated() -> bool:
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            return all("kl_sae" in saved.get(name, {}) for name in group)
+
+        wait_for(evaluated, f"the other ranks' SAEs of the {description} in {folder}")
+        metrics.update(json.loads(path.read_text()))
 
 
 def sweep_eval_set(model, config: SweepConfig) -> EvalSet:
@@ -261,12 +281,15 @@ def sweep_eval_set(model, config: SweepConfig) -> EvalSet:
 
 def run_sweep(
     config: SweepConfig, runs_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, model=None,
-    studies: Sequence[str] = (), study_config: StudyConfig | None = None,
+    studies: Sequence[str] = (), study_config: StudyConfig | None = None, ranks: Ranks | None = None,
 ) -> SweepResults:
     """Run (or finish) the sweep, then the named ``studies`` (``msae.experiments.studies``: "baselines",
     "scaling", "ablations") with the sizes of ``study_config``; ``model`` overrides loading
-    ``config.model_name`` (tests pass small stand-ins of the same architecture)."""
+    ``config.model_name`` (tests pass small stand-ins of the same architecture). Under torchrun
+    (``ranks``, default from its environment) the ranks share the harvesting and the SAEs
+    (:mod:`msae.distributed`); every rank returns the whole sweep's results."""
     check_device(config)
+    ranks = Ranks.from_environment() if ranks is None else ranks
     runs_dir = Path(runs_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else runs_dir / "cache"
     folder = runs_dir / "sweeps" / config.name()
@@ -274,9 +297,9 @@ def run_sweep(
     metrics: dict[str, dict] = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
     if model is None:
-        model = load_model(config.model_name, cache_dir, config.device)
+        model = load_model(config.model_name, cache_dir, ranks.device(config.device))
     if config.storage == "disk":
-        activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress)
+        activations = collect_activations(model, config.activation_config(), runs_dir / "activations", progress, ranks)
     write_json(folder / "config.json", asdict(config))
     eval_set = sweep_eval_set(model, config)
 
@@ -289,7 +312,8 @@ def run_sweep(
         return data
 
     def train_group(group: dict[str, dict], description: str, prefixes: bool = True) -> None:
-        train_and_evaluate(group, stream(), config, folder, metrics, model, eval_set, progress, description, prefixes)
+        train_and_evaluate(group, stream(), config, folder, metrics, model, eval_set, progress, description, prefixes,
+                           ranks)
 
     train_group(sae_configs(config), "sweep")
     # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
