@@ -6,7 +6,7 @@ prefix-loss kernels), ``msae.training`` (the training loop, checkpoints), ``msae
 trees, stories, models, activations), ``msae.evals`` (metrics, absorption, probing, meta-SAEs,
 concepts, autointerp), ``msae.experiments`` (the toy experiment, the sweep, the studies, their
 profiles) and ``msae.plots`` (one function per figure). ``msae.io`` reads and writes the SAELens
-and dictionary_learning layouts.
+and dictionary_learning layouts; ``msae.distributed`` splits work over torchrun's processes.
 """
 
 from .io import load_dictionary_learning, load_sae, save_sae
@@ -25,7 +25,7 @@ from .saes import (
 from .saes.l1 import L1SAE, L1Config
 from .saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig, batch_top_k
 from .saes.registry import ARCHITECTURES, build_sae
-from .training.loop import TrainConfig, train
+from .training.loop import TrainConfig, train, train_data_parallel
 
 __all__ = [
     "ARCHITECTURES",
@@ -50,4 +50,5 @@ __all__ = [
     "load_sae",
     "save_sae",
     "train",
+    "train_data_parallel",
 ]

@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+
 # how long a rank waits for the others' results before giving up (seconds); a day by default,
 # since harvesting 500M tokens on one GPU takes hours
 WAIT_TIMEOUT_S = float(os.environ.get("MSAE_WAIT_TIMEOUT_S", 24 * 3600))
@@ -91,3 +94,54 @@ def wait_for(done: Callable[[], bool], what: str, timeout_s: float | None = None
             raise TimeoutError(f"waited {timeout_s:.0f} s for {what}; is every rank still running? "
                                "(set MSAE_WAIT_TIMEOUT_S to wait longer)")
         time.sleep(poll_s)
+
+
+# --- data-parallel training of one SAE: the few statistics that span the whole batch -------------
+# Each rank holds B/N rows of a batch of B. An SAE given a process group (its ``batch_group``)
+# computes what depends on the whole batch across the ranks, so that a step gives the weights a
+# single process would compute on the B rows: the BatchTopK cut-off, which latents fired, the
+# smallest kept activation (the inference threshold), the residual's variance (AuxK); the
+# gradients are averaged (msae.training.loop). Everything else is per row.
+
+def all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks of ``group`` (a new tensor; ``tensor`` itself when ``group`` is None)."""
+    if group is None:
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, dist.ReduceOp.SUM, group=group)
+    return total
+
+
+def all_min(tensor: torch.Tensor, group) -> torch.Tensor:
+    if group is None:
+        return tensor
+    smallest = tensor.clone()
+    dist.all_reduce(smallest, dist.ReduceOp.MIN, group=group)
+    return smallest
+
+
+def all_any(mask: torch.Tensor, group) -> torch.Tensor:
+    """Elementwise OR of the bool ``mask`` over the ranks."""
+    if group is None:
+        return mask
+    return all_sum(mask.to(torch.int32), group) > 0
+
+
+def all_rows(x: torch.Tensor, group) -> torch.Tensor:
+    """The rows of every rank's ``x``, in rank order: the whole batch."""
+    if group is None:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts)
+
+
+def top_k_cutoff(values: torch.Tensor, n_keep: int, group) -> torch.Tensor:
+    """The ``n_keep``-th largest of the entries of ``values`` (flat) on all ranks together: the
+    global top ``n_keep`` lie among each rank's own top ``n_keep``, so only those are gathered."""
+    local = values.flatten().topk(min(n_keep, values.numel()), sorted=False).values
+    return all_rows(local, group).topk(n_keep, sorted=False).values.min()
+
+
+def world_size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)

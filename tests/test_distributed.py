@@ -18,6 +18,7 @@ import msae.distributed as distributed
 from lm_helpers import tiny_model, tiny_sweep_config
 from msae.distributed import Ranks, wait_for
 from msae.experiments import sweep
+from test_train import Data
 
 TESTS = Path(__file__).parent
 
@@ -166,3 +167,108 @@ def test_a_sweep_split_over_two_torchrun_ranks_gives_the_serial_sweep(tmp_path, 
         ours, theirs = load_file(serial.sae_path(name) / "sae_weights.safetensors"), load_file(
             split / name / "sae" / "sae_weights.safetensors")
         assert all(torch.allclose(ours[t], theirs[t], rtol=1e-5, atol=1e-6) for t in ours), name
+
+
+# --- one SAE, data-parallel over gloo ---------------------------------------------------------------
+
+DP_WORKER = textwrap.dedent("""
+    import sys
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[1])
+    from test_distributed import NoisyData, dp_config, dp_sae
+    from test_train import call_of_step
+    from msae.training.loop import train_data_parallel
+
+    seed, run_dir, kernels, interrupt_step, out = int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+    dist.init_process_group("gloo")
+    data = NoisyData(seed, interrupt_at=call_of_step(interrupt_step) if interrupt_step >= 0 else None)
+    try:
+        result = train_data_parallel(dp_sae(seed, kernels), data, dp_config(), run_dir, progress=False)
+    except KeyboardInterrupt:
+        sys.exit(3)
+    if dist.get_rank() == 1:  # rank 0 wrote the run folder; rank 1's copy must be the same SAE
+        torch.save(result.sae.state_dict(), out)
+    dist.destroy_process_group()
+""")
+
+
+def dp_sae(seed, kernels):
+    """In float64: a data-parallel step sums in another order than one process, and Adam turns
+    float32 rounding in a zero gradient into steps of the learning rate's size; in float64 the
+    two agree to ~1e-12 unless they differ for a reason."""
+    from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
+
+    # fixed groups, latents dying within the run (AuxK) and the inference threshold estimated
+    sae = MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=32, d_sae=64, k=3, group_sizes=[8, 24, 32],
+                                                  threshold_start_step=10, dead_after_tokens=640, seed=seed))
+    sae.kernels = kernels
+    return sae.double()
+
+
+class NoisyData(Data):
+    """The toy stream with a little Gaussian noise, drawn from its own generator (so it resumes
+    with it): the toy's rows repeat exactly, and BatchTopK breaks exact ties between repeated
+    rows arbitrarily (one process keeps one of them, ranks that see one each keep both)."""
+
+    def next_batch(self):
+        batch = super().next_batch()
+        return (batch + 0.01 * torch.randn(batch.shape, generator=self.generator)).double()
+
+
+def dp_config():
+    from msae.training.loop import TrainConfig
+
+    return TrainConfig(steps=40, lr=3e-3, warmup_steps=5, checkpoint_every=10, log_every=10, normalization_batches=2)
+
+
+def torchrun(script, *args, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_data_parallel_training_equals_one_process_on_the_whole_batch_and_resumes(tmp_path, seed, kernels):
+    from msae.training.loop import train
+
+    serial = train(dp_sae(seed, kernels), NoisyData(seed), dp_config(), tmp_path / "serial", progress=False)
+    assert int(serial.sae.n_dead()) > 0 or any(h["dead"] > 0 for h in serial.history)  # AuxK had work to do
+    script = tmp_path / "worker.py"
+    script.write_text(DP_WORKER)
+    run_dir, copy = tmp_path / "parallel", tmp_path / "rank1.pt"
+    # Ctrl-C during step 23 on both ranks: the step finishes, rank 0 saves it, both stop ...
+    stopped = torchrun(script, TESTS, seed, run_dir, kernels, 23, copy)
+    assert stopped.returncode != 0 and not copy.exists()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 24
+    # ... and two fresh processes resume from rank 0's checkpoint to the end
+    resumed = torchrun(script, TESTS, seed, run_dir, kernels, -1, copy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    written = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]  # rank 0's
+    rank1 = torch.load(copy, weights_only=True)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        ours = serial.sae.state_dict()[name]
+        # the ranks' sums run in another order than one process's: float64 rounding, not more
+        assert torch.allclose(written[name], ours, rtol=1e-9, atol=1e-11), name
+        assert torch.equal(rank1[name], written[name]), name
+    assert torch.equal(rank1["tokens_since_fired"], serial.sae.tokens_since_fired)
+
+
+def test_data_parallel_needs_a_process_group_and_an_sae_that_supports_it(seed):
+    from msae.saes.l1 import L1SAE, L1Config
+    from msae.training.loop import RankRows, train_data_parallel
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        train_data_parallel(dp_sae(seed, "dense"), Data(seed), dp_config())
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="does not train data-parallel"):
+            train_data_parallel(L1SAE(L1Config(d_in=32, d_sae=16, target_l0=1.1, seed=seed)), Data(seed), dp_config())
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        RankRows(Data(seed), 0, 3).next_batch()  # 64 rows over 3 ranks

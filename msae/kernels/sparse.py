@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..distributed import top_k_cutoff, world_size
+
 
 class ActiveLatents(NamedTuple):
     """The non-zero pattern of a (B, d_sae) activation matrix, in row-major order:
@@ -52,8 +54,13 @@ class ActiveLatents(NamedTuple):
 # --- exact BatchTopK ---------------------------------------------------------------------------
 
 
-def batch_top_k_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
+def batch_top_k_indices(pre: torch.Tensor, k: int, group=None) -> torch.Tensor:
     """Flat indices (sorted) of the ``k*B`` largest entries of the (B, d_sae) matrix ``pre``.
+
+    With a process ``group`` (data-parallel training, :mod:`msae.distributed`), ``pre`` is this
+    rank's rows of a batch spread over the group, and the selection is over the whole batch:
+    the entries of these rows among its ``k * B * world_size`` largest (ties at the cut-off are
+    all kept).
 
     Exactly the entries ``pre.flatten().topk(k*B)`` selects (up to the choice among ties at the
     cut-off, which ``topk`` leaves unspecified too). On a CPU a full top-k over ``B*d_sae``
@@ -63,6 +70,9 @@ def batch_top_k_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     and the fallback test would stall the device, it is the full top-k.
     """
     flat = pre.flatten()
+    if group is not None:
+        cutoff = top_k_cutoff(flat, k * pre.shape[0] * world_size(group), group)
+        return (flat >= cutoff).nonzero().squeeze(1)
     n_keep = k * pre.shape[0]
     if pre.device.type != "cpu" or n_keep * 8 > flat.numel():
         return flat.topk(n_keep, sorted=False).indices.sort().values
@@ -90,22 +100,23 @@ def _coprime_stride(target: int, n: int) -> int:
     return stride
 
 
-def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+def batch_top_k(pre: torch.Tensor, k: int, group=None) -> torch.Tensor:
     """Keep the ``k * B`` largest entries of the whole (B, d_sae) batch; zero the rest.
 
-    One global selection, so a token may keep more or fewer than ``k`` latents.
+    One global selection, so a token may keep more or fewer than ``k`` latents. ``group``: see
+    :func:`batch_top_k_indices`.
     """
-    index = batch_top_k_indices(pre, k)
+    index = batch_top_k_indices(pre, k, group)
     return torch.zeros_like(pre).flatten().scatter(0, index, pre.flatten()[index]).view_as(pre)
 
 
-def batch_top_k_active(pre: torch.Tensor, k: int) -> ActiveLatents:
+def batch_top_k_active(pre: torch.Tensor, k: int, group=None) -> ActiveLatents:
     """The BatchTopK selection of ``ReLU(pre)`` as row-major triples.
 
     ``pre`` may be given before its ReLU: the ReLU is monotone, so the selection is the same
     up to which zeros fill the places no positive entry takes (they stay zero either way), and
-    the pass over the whole (B, d_sae) matrix is saved."""
-    index = batch_top_k_indices(pre, k)
+    the pass over the whole (B, d_sae) matrix is saved. ``group``: see :func:`batch_top_k_indices`."""
+    index = batch_top_k_indices(pre, k, group)
     d_sae = pre.shape[1]
     return ActiveLatents(index // d_sae, index % d_sae, torch.relu(pre.flatten()[index]), tuple(pre.shape))
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from ..distributed import all_sum, world_size
 from ..kernels.sparse import selected_pre_activations, sparse_decode_error
 
 
@@ -45,7 +46,8 @@ class AuxKMixin:
             return pre.new_zeros(())
         top = torch.where(dead, pre, -torch.inf).topk(min(self.config.auxk_k, n_dead), dim=-1, sorted=False)
         aux_acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-        return _relative_to_variance((residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean(), residual)
+        return _relative_to_variance((residual - aux_acts @ self.W_dec).pow(2).sum(-1).mean(), residual,
+                                     self.batch_group)
 
     def sparse_auxk_loss(self, x_centered, pre, residual) -> torch.Tensor:
         """:meth:`auxk_loss` on the selected dead entries only (same value and gradients);
@@ -72,11 +74,18 @@ class AuxKMixin:
         rows = torch.arange(batch, device=pre.device).repeat_interleave(per_row)
         cols, values = cols.flatten(), values.gather(1, position).flatten().to(self.W_dec.dtype)
         values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, rows, cols, values)
-        loss = _relative_to_variance(sparse_decode_error(rows, cols, values, self.W_dec, residual), residual)
+        loss = _relative_to_variance(sparse_decode_error(rows, cols, values, self.W_dec, residual), residual,
+                                     self.batch_group)
         return loss if any_dead is None else torch.where(any_dead, loss, 0.0)
 
 
-def _relative_to_variance(error: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """AuxK's squared error divided by the residual's variance (0 where that is 0)."""
-    variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+def _relative_to_variance(error: torch.Tensor, residual: torch.Tensor, group=None) -> torch.Tensor:
+    """AuxK's squared error divided by the residual's variance (0 where that is 0); with a
+    process ``group``, the variance of the whole batch spread over its ranks."""
+    if group is None:
+        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    else:
+        n = residual.shape[0] * world_size(group)
+        mean = all_sum(residual.sum(0), group) / n
+        variance = all_sum((residual - mean).pow(2).sum(), group) / n
     return (error / variance).nan_to_num(0.0)

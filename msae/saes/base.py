@@ -62,6 +62,11 @@ class SparseAutoencoder(nn.Module):
     """
 
     architecture: SAELensArchitecture
+    # Whether training_step can run data-parallel: given a process group in ``batch_group``, it
+    # computes what spans the batch over all ranks (msae.distributed), so that ranks holding
+    # parts of a batch together take the step one process would take on the whole batch.
+    supports_data_parallel: bool = False
+    batch_group = None  # the process group of a data-parallel run; None: the batch is all here
 
     def __init__(self, d_in: int, d_sae: int):
         super().__init__()

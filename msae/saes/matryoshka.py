@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..distributed import all_any, all_min, world_size
 from ..kernels.prefix_mse import cumulative_prefix_mse, sparse_cumulative_prefix_mse
 from ..kernels.sparse import batch_top_k, batch_top_k_active, selected_pre_activations
 from ..validation import ConfigTypeError, check_bool, check_int, check_real
@@ -119,6 +120,7 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
     JumpReLU SAE it is at inference."""
 
     architecture = "jumprelu"  # how SAELens runs it: ReLU then one threshold
+    supports_data_parallel = True
 
     def __init__(self, config: MatryoshkaConfig):
         super().__init__(config)
@@ -166,12 +168,12 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
             return self._sparse_training_step(x, step)
         cfg = self.config
         pre = self.pre_activations(x)  # (B, d_sae)
-        acts = batch_top_k(pre, cfg.k).to(self.W_dec.dtype)  # (B, d_sae), k*B non-zeros; float32 under autocast
+        acts = batch_top_k(pre, cfg.k, self.batch_group).to(self.W_dec.dtype)  # (B, d_sae), k*B non-zeros; float32 under autocast
         ends, weights = self.prefixes_for_step()
         prefix_mse, residual = cumulative_prefix_mse(acts, self.W_dec, self.b_dec, x, ends, cfg.stop_gradient)
         reconstruction = (weights * prefix_mse).mean()  # the paper code: sum_i MSE_i / G^2
         with torch.no_grad():
-            self.record_firing((acts > 0).any(0), x.shape[0])
+            self.record_firing(all_any((acts > 0).any(0), self.batch_group), x.shape[0] * world_size(self.batch_group))
             if step >= cfg.threshold_start_step:
                 self._update_threshold(acts)
         auxk = self.auxk_loss(pre, residual)
@@ -187,7 +189,7 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
             # (B, d_sae) without its ReLU, no graph: the top-k and AuxK selections apply the ReLU
             # to the entries they keep, which saves a pass over the whole matrix.
             pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
-            active = batch_top_k_active(pre, cfg.k)
+            active = batch_top_k_active(pre, cfg.k, self.batch_group)
             active = active._replace(values=active.values.to(self.W_dec.dtype))  # float32 under autocast
         values = selected_pre_activations(x_centered, self.W_enc, self.b_enc, active.rows, active.cols, active.values)
         ends, weights = self.prefixes_for_step()
@@ -197,7 +199,8 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
         with torch.no_grad():
             positive = active.values > 0
             times_fired = torch.zeros(self.d_sae, dtype=torch.int32, device=x.device)
-            self.record_firing(times_fired.index_add_(0, active.cols, positive.int()) > 0, batch)
+            fired = all_any(times_fired.index_add_(0, active.cols, positive.int()) > 0, self.batch_group)
+            self.record_firing(fired, batch * world_size(self.batch_group))
             if step >= cfg.threshold_start_step:
                 self._update_threshold(active.values)
         auxk = self.sparse_auxk_loss(x_centered, pre, residual)
@@ -217,7 +220,7 @@ class MatryoshkaBatchTopKSAE(AuxKMixin, UnitNormSAE):
     def _update_threshold(self, kept: torch.Tensor) -> None:
         """EMA of the smallest positive activation the batch top-k kept (computed on the
         device: no host sync)."""
-        smallest = torch.where(kept > 0, kept, torch.inf).min()
+        smallest = all_min(torch.where(kept > 0, kept, torch.inf).min(), self.batch_group)
         smallest = torch.where(torch.isinf(smallest), 0.0, smallest)
         beta = self.config.threshold_beta
         self.threshold.copy_(torch.where(self.threshold < 0, smallest, beta * self.threshold + (1 - beta) * smallest))

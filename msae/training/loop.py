@@ -13,6 +13,9 @@ clipping on a stream of batches, with:
 - the run's config written beside its results (``config.json``), the finished SAE in the
   SAELens layout (``sae/``) and the logged statistics (``history.json``).
 
+``train_data_parallel`` takes the same steps with each batch spread over the processes of a
+``torch.distributed`` group (torchrun; gloo on CPUs, NCCL on GPUs): see its docstring.
+
 A data source is any object with ``next_batch() -> (B, d_in) tensor``, ``state_dict()``,
 ``load_state_dict(state)`` and ``describe() -> dict``. Every batch is checked before the SAEs see
 it (:class:`BatchCheck`): NumPy arrays and tensors of another floating dtype than the SAE's are
@@ -35,9 +38,11 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.sources import DataSource
+from ..distributed import all_rows, all_sum, world_size
 from ..files import json_default, write_json
 from ..io import save_sae
 from ..saes.base import SparseAutoencoder
@@ -214,9 +219,10 @@ class TrainResult(NamedTuple):
 
 
 def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float = 1.0,
-                         check: BatchCheck | None = None) -> float:
+                         check: BatchCheck | None = None, group=None) -> float:
     """The scalar s with E||s x||^2 = ``target_sq_norm`` over ``n_batches`` batches (each
-    passed through ``check`` first, if given)."""
+    passed through ``check`` first, if given); with a process ``group``, over the batches'
+    rows on all its ranks."""
     total, count = 0.0, 0
     for i in range(n_batches):
         batch = data.next_batch()
@@ -226,6 +232,8 @@ def estimate_input_scale(data: DataSource, n_batches: int, target_sq_norm: float
             raise NonFiniteError("a batch used to estimate the input scale contains NaN or inf")
         total += float(batch.double().pow(2).sum())
         count += batch.shape[0]
+    if group is not None:
+        total, count = all_sum(torch.tensor([total, float(count)], dtype=torch.float64), group).tolist()
     mean_sq_norm = total / count
     if mean_sq_norm <= 0:
         raise ValueError("the input batches are all zero; cannot normalise them")
@@ -242,6 +250,11 @@ def optimization_step(
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         out = sae.training_step(x, step)
     out.loss.backward()
+    if sae.batch_group is not None:  # data-parallel: the mean of the ranks' gradients, the whole batch's
+        world = world_size(sae.batch_group)
+        for parameter in sae.parameters():
+            if parameter.grad is not None:
+                parameter.grad.copy_(all_sum(parameter.grad, sae.batch_group) / world)
     sae.before_optimizer_step()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
@@ -254,8 +267,10 @@ def optimization_step(
 class _Run:
     """One SAE's side of a training loop: its optimizer, checkpoint, history and results."""
 
-    def __init__(self, name: str, sae: SparseAutoencoder, data: DataSource, config: TrainConfig, run_dir):
+    def __init__(self, name: str, sae: SparseAutoencoder, data: DataSource, config: TrainConfig, run_dir,
+                 writer: bool = True):
         self.name, self.sae, self.config = name, sae, config
+        self.writer = writer  # False: a data-parallel rank other than 0, which reads the run folder only
         sae.to(torch.device(config.device))
         self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=config.lr, betas=config.betas)
         self.run_config = {"sae": sae.export_config(), "train": asdict(config), "data": data.describe()}
@@ -294,7 +309,7 @@ class _Run:
             self.finished = False
 
     def save(self, step: int, data: DataSource, finished: bool = False) -> None:
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
             raise NonFiniteError(f"{self.name}: parameters are not finite at step {step}; its checkpoint was not overwritten")
@@ -315,7 +330,7 @@ class _Run:
 
     def finish(self, data: DataSource) -> None:
         self.sae.fold_input_scale(self.scale)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writer:
             save_sae(self.sae, self.run_dir / "sae")
             write_json(self.run_dir / "history.json", self.history)
             self.save(self.config.steps, data, finished=True)
@@ -328,17 +343,24 @@ def train_many(
     run_dirs: dict[str, str | Path | None] | None = None,
     progress: bool = True,
     description: str = "training",
+    _writer: bool = True,
 ) -> dict[str, TrainResult]:
     """Train several SAEs in lockstep on one data stream: every batch is read once and used by
     all of them, so they see the same data in the same order. Each SAE keeps its own run folder
     (``run_dirs[name]``), checkpoints and results, exactly as :func:`train` writes them."""
     run_dirs = run_dirs or {}
-    # shared while restoring (many processes may read finished runs at once), exclusive to train
-    with holding_run_folders(run_dirs) as locks:
+    group = next((sae.batch_group for sae in saes.values()), None)  # data-parallel (train_data_parallel)
+    # shared while restoring (many processes may read finished runs at once), exclusive to train;
+    # a data-parallel rank other than 0 only reads, and rank 0 holds the locks for all
+    with holding_run_folders(run_dirs if _writer else {}) as locks:
         check = _batch_check(saes, config.steps)
-        runs = [_Run(name, sae, data, config, run_dirs.get(name)) for name, sae in saes.items()]
+        runs = [_Run(name, sae, data, config, run_dirs.get(name), _writer) for name, sae in saes.items()]
         for run in runs:
             run.restore()
+            if group is not None:  # every rank starts from rank 0's weights and state
+                for tensor in run.sae.state_dict().values():
+                    if isinstance(tensor, torch.Tensor):  # (not the extra state: seeded alike on every rank)
+                        dist.broadcast(tensor, 0, group=group)
         pending = [run for run in runs if not run.finished]
         starts = sorted({run.start for run in pending})
         if len(starts) > 1:
@@ -347,17 +369,17 @@ def train_many(
                 "delete the run folders of the ones to restart, or train them separately"
             )
         if pending:
-            locks.for_writing(run.run_dir for run in pending)
+            locks.for_writing(run.run_dir for run in pending if _writer)
             start = starts[0]
             if start > 0:
                 data.load_state_dict(pending[0].data_state)
                 scale = pending[0].scale
             else:
-                scale = (estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm, check)
-                         if config.normalize_inputs else 1.0)
+                scale = (estimate_input_scale(data, config.normalization_batches, config.normalized_sq_norm, check,
+                                              group) if config.normalize_inputs else 1.0)
             for run in pending:
                 run.scale = scale
-                if run.run_dir is not None and (start == 0 or run.steps_changed):
+                if run.run_dir is not None and _writer and (start == 0 or run.steps_changed):
                     write_json(run.run_dir / "config.json", run.run_config)
             _loop(pending, data, config, start, scale, progress, description, check)
             for run in pending:
@@ -394,8 +416,8 @@ def _loop(runs: list[_Run], data: DataSource, config: TrainConfig, start: int, s
             if checking and int(first_bad_step) >= 0:
                 _stop_for_bad_batch(runs, int(first_bad_step))
             for i, run in enumerate(runs):
-                if step == 0:
-                    run.sae.initialize_from_batch(x)
+                if step == 0:  # (the whole batch, when it is spread over data-parallel ranks)
+                    run.sae.initialize_from_batch(all_rows(x, run.sae.batch_group))
                 out = optimization_step(run.sae, run.optimizer, x, step, config)
                 if done % config.log_every == 0 or done == config.steps:
                     entry = run.log(done, out, x)
@@ -461,6 +483,71 @@ def train(
     """Train ``sae`` in place on ``data``; see the module docstring. With ``run_dir`` the run is
     checkpointed there and a finished run is reloaded instead of retrained."""
     return train_many({description: sae}, data, config, {description: run_dir}, progress, description)[description]
+
+
+class RankRows:
+    """The batches of ``data`` cut in ``world_size`` equal parts; this rank's part of each.
+
+    Every rank reads the same batches of the whole stream (its position is the same on all) and
+    keeps rows ``[rank * b, (rank + 1) * b)``, so the ranks together see exactly the batches one
+    process would. ``describe`` is the stream's own: a data-parallel run's checkpoint belongs to
+    the same run as a single process's, and either can resume the other."""
+
+    def __init__(self, data: DataSource, rank: int, world_size: int):
+        self.data, self.rank, self.world_size = data, rank, world_size
+
+    def next_batch(self) -> torch.Tensor:
+        batch = self.data.next_batch()
+        if batch.shape[0] % self.world_size:
+            raise ValueError(f"a batch of {batch.shape[0]} rows cannot be split evenly over {self.world_size} "
+                             "data-parallel ranks: use a batch size divisible by the number of processes")
+        part = batch.shape[0] // self.world_size
+        return batch[self.rank * part : (self.rank + 1) * part]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.data.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        return self.data.describe()
+
+
+def train_data_parallel(
+    sae: SparseAutoencoder,
+    data: DataSource,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    description: str = "training",
+    group=None,
+) -> TrainResult:
+    """:func:`train` one SAE on the ranks of a ``torch.distributed`` process group (default:
+    the whole world; start the processes with torchrun and call
+    ``torch.distributed.init_process_group`` first, "gloo" on CPUs, "nccl" on GPUs).
+
+    Every rank passes the same ``data`` stream and keeps its share of each batch
+    (:class:`RankRows`): ``data``'s batch is the global batch, split over the ranks. The step is
+    the one a single process takes on the whole batch: the BatchTopK selection, the firing
+    statistics, the inference threshold and AuxK's variance span the ranks
+    (:mod:`msae.distributed`), and the gradients are averaged. Rank 0 writes the run folder
+    (checkpoints, the SAE); every rank resumes from it. Every rank returns the trained SAE; the
+    logged statistics are each rank's own rows'."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("data-parallel training needs torch.distributed: launch the processes with torchrun and "
+                           "call torch.distributed.init_process_group('gloo' or 'nccl') first")
+    if not sae.supports_data_parallel:
+        raise ValueError(f"{type(sae).__name__} does not train data-parallel; train it with msae.train "
+                         "(Matryoshka and BatchTopK SAEs do)")
+    group = dist.group.WORLD if group is None else group
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    sae.batch_group = group
+    try:
+        return train_many({description: sae}, RankRows(data, rank, world), config, {description: run_dir},
+                          progress and rank == 0, description, _writer=rank == 0)[description]
+    finally:
+        sae.batch_group = None
 
 
 def _log_entry(step: int, out, x: torch.Tensor) -> dict[str, float]:
