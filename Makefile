@@ -1,6 +1,8 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
+#                    (PROFILE=paper|smoke: into build/<profile>/; NPROC=N: train on N processes first)
 #   make reproduce-fast   the same without the baseline, scaling, ablation and scale-ladder studies (14-17)
+#   make plan        what a run at PROFILE on NPROC processes trains, needs and costs (no model loaded)
 #   make test        lint, then the unit tests and every notebook at the smoke profile under nbval,
 #                    as jobs of one make -j2 (see notebook-test below)
 PYTHON ?= python3
@@ -20,7 +22,7 @@ CHECKED_NOTEBOOKS := $(addprefix $(CHECK_DIR)/,$(notdir $(NOTEBOOKS:.ipynb=.pass
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 comma := ,
 
-.PHONY: reproduce reproduce-fast run-notebooks test lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
+.PHONY: reproduce reproduce-fast run-notebooks plan test lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
 	notebook-jobs lab bench interop clean env
 
 env: $(STAMP)
@@ -33,21 +35,46 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# Each notebook runs in place, so the committed notebooks show the default profile's results;
-# progress bars are then collapsed to their final state, as Jupyter shows them.
+# PROFILE=default|paper|smoke picks the profile. At default each notebook runs in place, so the
+# committed notebooks show the default profile's results; another profile's notebooks and
+# figures go to build/<profile>/. Progress bars are then collapsed to their final state, as
+# Jupyter shows them. NPROC=N (N > 1) first runs the training the notebooks read on N processes
+# (torchrun: the ranks share the harvesting and the SAEs; msae.experiments.pipeline), then the
+# notebooks, which find it done. `make plan PROFILE=paper NPROC=8` prints what a run does and
+# costs, loading no model.
+PROFILE ?= default
+NPROC ?= 1
+ifeq ($(PROFILE),default)
+OUT_DIR := notebooks
+FIGURES_DIR := figures
+PROFILE_ARGS :=
+else
+OUT_DIR := build/$(PROFILE)
+FIGURES_DIR := $(OUT_DIR)/figures
+PROFILE_ARGS := -p profile $(PROFILE) -p figures_dir ../$(FIGURES_DIR)
+endif
+
 reproduce: $(STAMP)
-	@$(MAKE) --no-print-directory run-notebooks RUN="$(NOTEBOOKS)"
+	@$(MAKE) --no-print-directory run-notebooks RUN="$(NOTEBOOKS)" TRAIN_FLAGS="--studies --ladder"
 
 reproduce-fast: $(STAMP)
-	@$(MAKE) --no-print-directory run-notebooks RUN="$(filter-out $(STUDY_NOTEBOOKS),$(NOTEBOOKS))"
+	@$(MAKE) --no-print-directory run-notebooks RUN="$(filter-out $(STUDY_NOTEBOOKS),$(NOTEBOOKS))" TRAIN_FLAGS=
 
 run-notebooks:
-	@mkdir -p figures
+	@mkdir -p $(OUT_DIR) $(FIGURES_DIR)
+	@if [ "$(NPROC)" -gt 1 ]; then \
+		echo "== training on $(NPROC) processes (profile $(PROFILE))"; \
+		$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m msae.experiments.pipeline --profile $(PROFILE) \
+			$(TRAIN_FLAGS) || exit 1; \
+	fi
 	@for nb in $(RUN); do \
-		echo "== $$nb"; \
-		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd notebooks $$nb $$nb || exit 1; \
-		$(BIN)/python -m msae.notebook_tidy $$nb || exit 1; \
+		out=$(OUT_DIR)/$$(basename $$nb); echo "== $$nb -> $$out"; \
+		$(BIN)/papermill --no-progress-bar --log-level WARNING --cwd notebooks $$nb $$out $(PROFILE_ARGS) || exit 1; \
+		$(BIN)/python -m msae.notebook_tidy $$out || exit 1; \
 	done
+
+plan: $(STAMP)
+	@$(BIN)/python -m msae.experiments.pipeline --profile $(PROFILE) --nproc $(NPROC) --studies --dry-run
 
 # Lint first (seconds); then the unit tests and the notebooks share the two cores as jobs of
 # one `make -j2` (see notebook-test): the unit tests on one worker fill the second core while the
