@@ -69,10 +69,10 @@ def dictionary_learning_available() -> bool:
 class Arm:
     """One contender: ``step(x, i)`` runs update ``i`` on batch ``x``."""
 
-    def __init__(self, name: str, d_in: int, d_sae: int, k: int, device: str):
+    def __init__(self, name: str, d_in: int, d_sae: int, k: int, device: str, autocast: str | None = None):
         self.name = name
         groups = group_sizes_from_fractions(d_sae, PAPER_GROUP_FRACTIONS)
-        self.train_config = TrainConfig(steps=10**9, warmup_steps=10, device=device)
+        self.train_config = TrainConfig(steps=10**9, warmup_steps=10, device=device, autocast_dtype=autocast)
         if name == "dictionary_learning":
             from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
 
@@ -104,9 +104,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_size(d_in, d_sae, batch, k, steps_per_round, rounds, device, arms):
+def time_size(d_in, d_sae, batch, k, steps_per_round, rounds, device, arms, autocast=None):
     data = batches(d_in, batch, 4, device)
-    contenders = [Arm(name, d_in, d_sae, k, device) for name in arms]
+    contenders = [Arm(name, d_in, d_sae, k, device, autocast) for name in arms]
     times = {arm.name: [] for arm in contenders}
     step = 0
     for round_ in range(rounds + 1):  # round 0 warms up (and runs the geometric-median init)
@@ -164,6 +164,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-arm memory runs")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], help="msae's arms under autocast (GPU)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,9 +180,11 @@ def main():
     results = []
     for size in args.sizes.split(";"):
         d_in, d_sae, batch, k = map(int, size.split(","))
-        medians, kernels = time_size(d_in, d_sae, batch, k, SIZES.get(size, 2), args.rounds, args.device, arms)
+        medians, kernels = time_size(d_in, d_sae, batch, k, SIZES.get(size, 2), args.rounds, args.device, arms,
+                                     args.autocast)
         memory = {} if args.no_memory else {a: peak_memory(a, size, args.device) for a in arms if a != "encoder matmul"}
-        print(f"\nd_in {d_in}, d_sae {d_sae}, batch {batch}, k {k}; median of {args.rounds} rounds")
+        cast = f", {args.autocast} autocast" if args.autocast else ""
+        print(f"\nd_in {d_in}, d_sae {d_sae}, batch {batch}, k {k}{cast}; median of {args.rounds} rounds")
         print(f"{'arm':28s} {'kernels':>7s} {'step (ms)':>10s} {'steps/s':>8s} {'tokens/s':>10s} {'peak MiB':>9s}")
         for name, seconds in medians.items():
             mem = f"{memory[name]:9.0f}" if name in memory else f"{'':9s}"
