@@ -103,21 +103,22 @@ def wait_for(done: Callable[[], bool], what: str, timeout_s: float | None = None
 # smallest kept activation (the inference threshold), the residual's variance (AuxK); the
 # gradients are averaged (msae.training.loop). Everything else is per row.
 
-def all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
-    """The sum of ``tensor`` over the ranks of ``group`` (a new tensor; ``tensor`` itself when ``group`` is None)."""
+def _all_reduce(tensor: torch.Tensor, group, op) -> torch.Tensor:
     if group is None:
         return tensor
-    total = tensor.clone()
-    dist.all_reduce(total, dist.ReduceOp.SUM, group=group)
-    return total
+    reduced = tensor.clone()
+    dist.all_reduce(reduced, op, group=group)
+    return reduced
+
+
+def all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks of ``group`` (a new tensor; ``tensor`` itself when ``group`` is None)."""
+    return _all_reduce(tensor, group, dist.ReduceOp.SUM)
 
 
 def all_min(tensor: torch.Tensor, group) -> torch.Tensor:
-    if group is None:
-        return tensor
-    smallest = tensor.clone()
-    dist.all_reduce(smallest, dist.ReduceOp.MIN, group=group)
-    return smallest
+    """The elementwise minimum of ``tensor`` over the ranks of ``group``."""
+    return _all_reduce(tensor, group, dist.ReduceOp.MIN)
 
 
 def all_any(mask: torch.Tensor, group) -> torch.Tensor:
