@@ -643,7 +643,9 @@ class WordProjections(NamedTuple):
 
     Attributes:
         probe: ``p = x . probe direction``, the activation's projection.
-        all_latents: sum over latents of ``act_j * cos_j``, the SAE's share of ``p``.
+        all_latents: sum over latents of ``act_j * cos_j``, the SAE's share of ``p``. It can
+            exceed ``p``: the rest of ``p`` is the decoder bias's projection (and the
+            reconstruction error's), which is negative when the latents carry more than all of it.
         main: the same sum over the letter's main latents.
         absorbed: the summed projection of the absorbing latents (at most ``max_absorbers``
             other latents with cos >= ``absorber_min_cos`` and a positive projection).
