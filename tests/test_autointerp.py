@@ -119,8 +119,11 @@ def test_fake_judge_scores_right_wrong_and_malformed_answers(gen, seed, judge_ur
     assert per[3]["score"] == 1.0 and FakeJudge.fish_failures == 1  # answered after one retry
     assert result["score"] == pytest.approx(0.5) and result["n_latents"] == 4
     assert result["n_malformed"] == 1 and result["n_errors"] == 0 and result["skipped"] is None
-    # Scoring sets mix active and inactive windows (so scores 1 and 0 are not trivial).
-    assert 0 < len(per[0]["active"]) < config(judge_url).n_scoring_examples
+    # Scoring sets mix active and inactive windows (so scores 1 and 0 are not trivial); a latent's
+    # random windows may all happen to hold its word, so the inactive ones are counted over all four.
+    n_scoring = config(judge_url).n_scoring_examples
+    assert all(0 < len(per[i]["active"]) <= n_scoring for i in range(4))
+    assert sum(n_scoring - len(per[i]["active"]) for i in range(4)) > 0
 
 
 def test_results_do_not_depend_on_threads(gen, seed, judge_url):

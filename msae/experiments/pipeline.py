@@ -41,11 +41,18 @@ ADAM_COPIES = 4  # weights, gradients and Adam's two moments, in float32
 
 @dataclass
 class Stage:
-    """One stage of a run: what it does, its work and its estimated time on this device."""
+    """One stage of a run.
+
+    Attributes:
+        name: the stage ("harvest", "sweep", a study, ...).
+        detail: what it does: tokens, SAEs, widths, steps.
+        seconds: its estimated time on all ranks together, from throughput measured here; None
+            when not estimated.
+    """
 
     name: str
     detail: str
-    seconds: float | None  # estimated, on all ranks together; None: not estimated
+    seconds: float | None
 
 
 def run(profile: str, runs_dir: str | Path = "runs", cache_dir: str | Path | None = None, studies: bool = False,
