@@ -22,7 +22,7 @@ CHECKED_NOTEBOOKS := $(addprefix $(CHECK_DIR)/,$(notdir $(NOTEBOOKS:.ipynb=.pass
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 comma := ,
 
-.PHONY: reproduce reproduce-fast run-notebooks plan test lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
+.PHONY: reproduce reproduce-fast run-notebooks plan test browser lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
 	notebook-jobs lab bench interop clean env
 
 env: $(STAMP)
@@ -54,10 +54,10 @@ FIGURES_DIR := $(OUT_DIR)/figures
 PROFILE_ARGS := -p profile $(PROFILE) -p figures_dir ../$(FIGURES_DIR)
 endif
 
-reproduce: $(STAMP)
+reproduce: $(STAMP) browser
 	@$(MAKE) --no-print-directory run-notebooks RUN="$(NOTEBOOKS)" TRAIN_FLAGS="--studies --ladder"
 
-reproduce-fast: $(STAMP)
+reproduce-fast: $(STAMP) browser
 	@$(MAKE) --no-print-directory run-notebooks RUN="$(filter-out $(STUDY_NOTEBOOKS),$(NOTEBOOKS))" TRAIN_FLAGS=
 
 run-notebooks:
@@ -81,9 +81,22 @@ plan: $(STAMP)
 # smoke sweep trains.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory notebook-folders
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-jobs
 	@echo "make test: lint, unit tests and $(words $(CHECKED_NOTEBOOKS)) notebooks passed"
+
+# The latent browser's test (tests/test_browser.py) and notebook 18's screenshots drive a headless
+# Chromium: installed from Debian's packages when missing and possible (root and apt-get), else
+# that test is skipped and says so, and the notebook says it took no screenshot.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "== installing chromium (Debian's package) for the latent browser"; \
+			apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+			|| echo "   could not install chromium: the browser test will be skipped"; \
+		else echo "== no chromium, and no root or apt-get to install it: the browser test will be skipped"; fi; }
 
 # lint only, in seconds: the rules are in pyproject.toml
 lint: $(STAMP)
@@ -152,8 +165,8 @@ $(CHECK_DIR)/%.passed: $(SMOKE_DIR)/%.ipynb
 # sweep every later language-model notebook loads (01, the toy model, and 13, no model, need
 # nothing); 07 scores absorption on the sweep's SAEs, which 12 and 15-17 read back; 08 collects
 # the story activations that 09 and 11 use, and 09 scores the concepts 11 reads back; 14 trains
-# the baselines that 15 loads.
-NEEDS := 03:02 04:02 05:02 06:02 07:02 08:02 09:08 10:02 11:09 12:07 14:02 15:07,14 16:07 17:07
+# the baselines that 15 loads; 18 reads the sweep's Matryoshka SAE and its prefix-matched BatchTopK SAEs.
+NEEDS := 03:02 04:02 05:02 06:02 07:02 08:02 09:08 10:02 11:09 12:07 14:02 15:07,14 16:07 17:07 18:02
 notebook = $(notdir $(wildcard notebooks/$(1)_*.ipynb))
 define needs_rule
 $(SMOKE_DIR)/$(call notebook,$(1)): $(foreach m,$(2),$(SMOKE_DIR)/$(call notebook,$(m)))

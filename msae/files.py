@@ -120,8 +120,11 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=json_default) + "\n").encode()))
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    """``data`` as JSON, written atomically; ``indent=None`` writes it compact (large caches)."""
+    separators = None if indent is not None else (",", ":")
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=indent, separators=separators, default=json_default)
+                                          + "\n").encode()))
 
 
 @contextmanager

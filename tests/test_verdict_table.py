@@ -47,3 +47,12 @@ def test_markdown_table_has_one_row_per_verdict(tmp_path):
     rows = table.splitlines()
     assert len(rows) == 4 and rows[2] == rows[3]
     assert "[03](notebooks/03_fig05_reconstruction.ipynb)" in rows[2] and rows[2].endswith("**same** |")
+
+
+def test_a_qualitative_claim_round_trips():
+    from msae.experiments.verdicts import verdict_qualitative
+
+    line = verdict_qualitative("App F, latent trees: paper: parents above children", "12 of 40 attach (sim 0.71)")
+    parsed = parse_verdict(line, "18_x.ipynb")
+    assert parsed.outcome == "qualitative" and parsed.here == "12 of 40 attach (sim 0.71)"
+    assert parsed.claim == "App F, latent trees: paper: parents above children"

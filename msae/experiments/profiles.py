@@ -16,6 +16,7 @@ One call per experiment gives its config, the profile's table entry with any ove
     profiles.eval_config("default")                    # msae.experiments.feature_evals.EvalConfig
     profiles.toy_config("default", steps=10_000)       # msae.experiments.toy.ToyExperimentConfig
     profiles.ladder_config("default")                  # msae.experiments.ladder.LadderConfig
+    profiles.tree_config("default")                    # msae.experiments.latent_trees.TreeConfig
 
 :func:`describe` turns the configs a notebook built into the one line it prints about its scale.
 """
@@ -29,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from ..data.activations import CorpusConfig
 from .feature_evals import METRICS, EvalConfig
 from .ladder import LadderConfig
+from .latent_trees import TreeConfig
 from .studies import STUDY_CONFIGS, StudyConfig
 from .sweep import SweepConfig
 from .toy import ToyExperimentConfig
@@ -138,6 +140,14 @@ LADDERS = {
     "smoke": LadderConfig(widths=[128, 256], token_budgets=[6_000, 12_000]),
 }
 
+# --- latent trees and the latent browser (App. F): the text the latents are read on -----------
+TREES = {
+    "paper": TreeConfig(n_contexts=2048, context_size=128),
+    # 32k held-out tokens: a latent of the last group (firing on ~0.15% of tokens) fires ~50 times
+    "default": TreeConfig(n_contexts=256, context_size=128),
+    "smoke": TreeConfig(n_contexts=24, context_size=64),
+}
+
 Config = TypeVar("Config")
 
 
@@ -241,3 +251,7 @@ def _describe_metric(name: str, evals: EvalConfig) -> str:
 
 def ladder_config(profile: Profile, **overrides: Any) -> LadderConfig:
     return for_profile(LADDERS, profile, **overrides)
+
+
+def tree_config(profile: Profile, **overrides: Any) -> TreeConfig:
+    return for_profile(TREES, profile, **overrides)

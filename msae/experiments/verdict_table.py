@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTCOMES = ("same", "reversed", "not the paper's", "not measured")
+OUTCOMES = ("same", "reversed", "not the paper's", "not measured", "qualitative")
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,9 @@ def verdict_falling(claim: str, values: Sequence[float], where: str = "") -> str
     here = f"here ({where})" if where else "here"
     outcome = "same" if falling else "not the paper's"
     return f"{claim}; {here}: {shown} -> {outcome}"
+
+
+def verdict_qualitative(claim: str, here: str) -> str:
+    """One line for a claim the paper shows but does not count (App. F's trees): our numbers
+    beside it, with no direction to compare ("qualitative")."""
+    return f"{claim}; here: {here} -> qualitative"
