@@ -46,6 +46,24 @@ def test_a_second_run_reuses_everything(paper_like, monkeypatch):
     assert again.metrics == results.metrics
 
 
+def test_a_finished_sweep_loads_its_model_only_when_asked(paper_like, monkeypatch):
+    config, runs, model, results = paper_like
+    import msae.experiments.sweep as module
+
+    loads = []
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: loads.append(a) or model)
+    monkeypatch.setattr(module, "build_eval_set", lambda *a, **k: pytest.fail("evaluation set built"))
+    again = sweep.run_sweep(config, runs, progress=False)
+    assert again.metrics == results.metrics and loads == []
+    assert again.model is model and again.model is model and len(loads) == 1  # loaded once, on first use
+    # with a study not yet trained, the model is needed at once
+    loads.clear()
+    monkeypatch.setattr(module, "build_eval_set", lambda *a, **k: pytest.fail("stop after loading"))
+    with pytest.raises(pytest.fail.Exception, match="stop after loading"):
+        sweep.run_sweep(config, runs, progress=False, studies=["baselines"])
+    assert len(loads) == 1
+
+
 def test_results_from_before_kl_are_evaluated_again(paper_like, monkeypatch):
     config, runs, model, results = paper_like
     import msae.experiments.sweep as module

@@ -184,14 +184,18 @@ class FeatureEvaluator:
 
     def __init__(self, results, config: EvalConfig, data_dir: str | Path, progress: bool = True,
                  judge: autointerp.JudgeConfig | None = None):
-        if getattr(results, "model", None) is None:
-            raise ValueError("the sweep results carry no model: get them from msae.experiments.sweep.run_sweep")
         self.results, self.config, self.progress, self.judge = results, config, progress, judge
-        self.model = results.model
         sweep = results.config
         key = {"model": sweep.model_name, "hook": sweep.hook_name, "eval": asdict(config), "code": EVAL_CODE_VERSION}
         self._probe_cache: dict[str, dict] = {}  # model-activation probes, trained once per dataset
         self.data_dir = Path(data_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def model(self):
+        """The sweep's language model (loaded on first use: cached evaluations do not need it)."""
+        if self.results.model is None:
+            raise ValueError("the sweep results carry no model: get them from msae.experiments.sweep.run_sweep")
+        return self.results.model
 
     # --- shared data, built once ---------------------------------------------------------------
     @cached_property

@@ -151,10 +151,19 @@ class SweepResults:
     """``metrics[name]`` for every SAE of the sweep (names: ``msae.experiments.names``), and
     where each one lives. :meth:`rows` gives them flat, one record per SAE, as the plots take them."""
 
-    def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict], model=None):
+    def __init__(self, folder: Path, config: SweepConfig, metrics: dict[str, dict], model=None, load_model=None):
         self.folder, self.config, self.metrics = folder, config, metrics
-        self.model = model  # the language model the SAEs read, for further evaluations
+        self._model = model
+        self._load_model = load_model  # called on first use of .model when none was given
         self._eval_set: EvalSet | None = None
+
+    @property
+    def model(self):
+        """The language model the SAEs read, for further evaluations; loaded on first use when
+        the sweep had nothing left to train (a notebook that only reads results never loads it)."""
+        if self._model is None and self._load_model is not None:
+            self._model = self._load_model()
+        return self._model
 
     def eval_set(self) -> EvalSet:
         """The held-out tokens the metrics were computed on (rebuilt once, a model pass)."""
@@ -273,6 +282,31 @@ def train_and_evaluate(group: dict[str, dict], data, config: SweepConfig, folder
         metrics.update(json.loads(path.read_text()))
 
 
+def prefix_matched_configs(config: SweepConfig, metrics: dict[str, dict]) -> dict[str, dict]:
+    """Fig 13: a BatchTopK SAE as wide as each prefix of the Matryoshka SAE with the matched k, at
+    that prefix's L0 (read from its evaluation, so known once that SAE is evaluated)."""
+    reference = sae_configs(config)[sae_name("batchtopk", config.matched_k)]
+    matched = {}
+    for prefix in metrics[sae_name("matryoshka", config.matched_k)]["prefixes"][:-1]:
+        k = max(1, round(prefix["l0"]))
+        matched[sae_name("batchtopk", k, prefix_width=prefix["width"])] = dict(reference, d_sae=prefix["width"], k=k)
+    return matched
+
+
+def _nothing_to_train(config: SweepConfig, metrics: dict[str, dict], studies: Sequence[str], study_config: StudyConfig) -> bool:
+    """Whether every SAE a run would train is already evaluated (an SAE is evaluated only once its
+    training has finished, and a sweep's folder is named by its whole config, steps included)."""
+    def evaluated(names) -> bool:
+        return all("kl_sae" in metrics.get(name, {}) for name in names)
+
+    if not evaluated(sae_configs(config)):
+        return False
+    names = list(prefix_matched_configs(config, metrics))
+    for study in studies:
+        names += list(study_configs(config, study_config, study))
+    return evaluated(names)
+
+
 def sweep_eval_set(model, config: SweepConfig) -> EvalSet:
     """The sweep's held-out evaluation tokens and their clean activations."""
     return build_eval_set(model, config.hook_name, config.eval_corpus, config.eval_contexts, config.eval_context_size,
@@ -296,6 +330,14 @@ def run_sweep(
     results_path = folder / "results.json"
     metrics: dict[str, dict] = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
+    study_config = study_config or StudyConfig()
+    if studies:
+        studies_path = folder / "studies.json"  # the sizes each study last ran with
+        update_json(studies_path, lambda recorded: {**recorded, **{study: asdict(study_config) for study in studies}}, {})
+    if model is None and ranks.world_size == 1 and _nothing_to_train(config, metrics, studies, study_config):
+        # every SAE is trained and evaluated: the model loads only if a later evaluation asks for it
+        return SweepResults(folder, config, metrics, load_model=lambda: load_model(
+            config.model_name, cache_dir, ranks.device(config.device)))
     if model is None:
         model = load_model(config.model_name, cache_dir, ranks.device(config.device))
     if config.storage == "disk":
@@ -316,18 +358,7 @@ def run_sweep(
                            ranks)
 
     train_group(sae_configs(config), "sweep")
-    # Fig 13: a BatchTopK SAE as wide as each Matryoshka prefix, with that prefix's L0
-    reference = sae_configs(config)[sae_name("batchtopk", config.matched_k)]
-    matched = {}
-    for prefix in metrics[sae_name("matryoshka", config.matched_k)]["prefixes"][:-1]:
-        k = max(1, round(prefix["l0"]))
-        matched[sae_name("batchtopk", k, prefix_width=prefix["width"])] = dict(reference, d_sae=prefix["width"], k=k)
-    train_group(matched, "prefix-matched BatchTopK")
-
-    if studies:
-        study_config = study_config or StudyConfig()
-        studies_path = folder / "studies.json"  # the sizes each study last ran with
-        update_json(studies_path, lambda recorded: {**recorded, **{study: asdict(study_config) for study in studies}}, {})
+    train_group(prefix_matched_configs(config, metrics), "prefix-matched BatchTopK")
     for study in studies:
         group = study_configs(config, study_config, study)
         for width in sorted({fields["d_sae"] for fields in group.values()}):  # one stream per width
