@@ -101,3 +101,21 @@ def test_chain_view_and_the_browser_page(tmp_path, model_and_sample, seed):
     first = view.summaries[data["roots"][0]]["contexts"][0]["tokens"]
     assert [data["strings"][s] for s in data["nodes"][data["roots"][0]]["contexts"][0][0]] == first
     assert np.isfinite([n["frequency"] for n in data["nodes"].values()]).all()
+
+
+def test_text_sample_can_leave_out_positions_of_outsized_norm():
+    from msae.evals.latent_summaries import sample_text
+
+    model = tiny_model("llama")
+    corpus = CorpusConfig(source="stories", n_documents=30, seed=5)
+    full = sample_text(model, HOOK, corpus, 6, 20)
+    ratio = 1.02  # the tiny model has no sinks: a ratio near 1 drops about half the positions
+    trimmed = sample_text(model, HOOK, corpus, 6, 20, max_norm_ratio=ratio)
+    norms = full.resid.norm(dim=1)
+    kept = norms <= ratio * norms.median()
+    assert 0 < int(kept.sum()) < len(norms)
+    torch.testing.assert_close(trimmed.resid, full.resid[kept])
+    # the kept mask drops exactly those positions, so rows still line up with (context, position)
+    assert int(trimmed.keep.sum()) == int(kept.sum()) and (trimmed.keep <= full.keep).all()
+    positions = full.keep.nonzero()[kept]
+    assert (trimmed.keep.nonzero() == positions).all()

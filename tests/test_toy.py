@@ -94,3 +94,61 @@ def test_stream_is_seeded_and_resumable(seed):
     b.load_state_dict(state)
     assert torch.equal(b.next_batch(), first)
     assert torch.equal(a.sample(5, torch.Generator().manual_seed(1))[1], b.sample(5, torch.Generator().manual_seed(1))[1])
+
+
+def test_hierarchy_tree_levels_depths_and_probabilities():
+    from msae.data.toy import hierarchy_tree
+
+    tree = FeatureTree(hierarchy_tree(3, n_roots=2, branching=2, root_prob=0.3, child_prob=0.4, n_singles=1))
+    assert tree.n_features == 2 + 4 + 8 + 1 and tree.depth == 3
+    assert tree.feature_depth == [0, 1, 2, 2, 1, 2, 2] * 2 + [0]
+    assert tree.descendants(0) == [1, 2, 3, 4, 5, 6] and tree.descendants(1) == [2, 3] and tree.descendants(14) == []
+    expected = {0: 0.3, 1: 0.3 * 0.4, 2: 0.3 * 0.4 * 0.4}
+    probs = tree.feature_probabilities()
+    for feature, depth in enumerate(tree.feature_depth[:-1]):
+        assert float(probs[feature]) == pytest.approx(expected[depth])
+    assert tree.feature_names[:3] == ["f0", "f0.0", "f0.0.0"]
+    with pytest.raises(ValueError, match="sum to more than 1"):
+        hierarchy_tree(2, branching=3, child_prob=0.4)
+    with pytest.raises(ValueError, match=">= 1"):
+        hierarchy_tree(0)
+
+
+class _LinearSAE:
+    """Reads each feature with its dual direction: an SAE whose latents are the true features,
+    except where the encoder is told to subtract other features (absorption planted by hand)."""
+
+    def __init__(self, W_enc, W_dec):
+        self.W_enc, self.W_dec = W_enc, W_dec
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc)
+
+    def decode(self, codes):
+        return codes @ self.W_dec
+
+
+def test_per_level_absorption_and_cosine_on_planted_saes(seed):
+    from msae.data.toy import hierarchy_tree
+    from msae.experiments.toy import evaluate, summary
+
+    tree = FeatureTree(hierarchy_tree(3, n_roots=2, branching=2, root_prob=0.3, child_prob=0.4, n_singles=2))
+    data = ToyData(tree, seed=seed)
+    dual = torch.linalg.pinv(data.directions)  # (d_model, n_features): x @ dual = true activations
+    perfect = summary(evaluate(_LinearSAE(dual, data.directions), data, 6000))
+    assert perfect["cosine_L0"] == perfect["cosine_L1"] == perfect["cosine_L2"] == 1.0
+    assert perfect["absorption_L0"] == perfect["absorption_L1"] == perfect["parent_absorption_rate"] == 0.0
+
+    # top-level parents go silent whenever a child fires: level 0 absorbed, level 1 intact
+    W_enc = dual.clone()
+    for parent in (f for f in range(tree.n_features) if tree.feature_depth[f] == 0 and tree.descendants(f)):
+        children = [c for c in range(tree.n_features) if tree.parent_feature[c] == parent]
+        W_enc[:, parent] -= 2 * dual[:, children].sum(1)
+    evaluation = evaluate(_LinearSAE(W_enc, data.directions), data, 6000)
+    absorbing = summary(evaluation)
+    assert absorbing["absorption_L0"] == 1.0 and absorbing["absorption_L1"] == 0.0
+    # the pooled rate weighs each level by its (parent, child) samples
+    true = evaluation.true_acts
+    together = {d: sum(int(((true[:, p] > 0) & (true[:, [c for c in range(tree.n_features) if tree.parent_feature[c] == p]] > 0).any(1)).sum())
+                       for p in set(tree.parent_feature) - {-1} if tree.feature_depth[p] == d) for d in (0, 1)}
+    assert evaluation.parent_absorption == pytest.approx(together[0] / (together[0] + together[1]))

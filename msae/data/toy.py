@@ -95,7 +95,36 @@ def paper_tree() -> FeatureNode:
     return FeatureNode(1.0, parents + singles, is_read_out=False, name="root")
 
 
-NAMED_TREES = {"paper": paper_tree}
+def hierarchy_tree(depth: int, n_roots: int = 3, branching: int = 2, root_prob: float = 0.25, child_prob: float = 0.35,
+                   n_singles: int = 6, single_prob: float = 0.05) -> FeatureNode:
+    """A tree with ``depth`` levels of features: ``n_roots`` top-level features firing with
+    ``root_prob``; every feature above the last level has ``branching`` mutually exclusive
+    children, each the one picked with ``child_prob`` (the rest of the time none is); plus
+    ``n_singles`` independent features. Names say where a feature sits ("f1.0.1": root 1, its
+    child 0, that child's child 1). ``hierarchy_tree(2, 3, 3, 0.15, 0.2, 8)`` has the paper tree's shape and probabilities."""
+    if depth < 1 or n_roots < 1 or branching < 1:
+        raise ValueError(f"depth, n_roots and branching must be >= 1, got {depth}, {n_roots}, {branching}")
+    if branching * child_prob > 1 + 1e-9:
+        raise ValueError(f"{branching} exclusive children of probability {child_prob} sum to more than 1")
+
+    def node(name: str, prob: float, level: int) -> FeatureNode:
+        if level == depth - 1:
+            return FeatureNode(prob, name=name)
+        children = [node(f"{name}.{c}", child_prob, level + 1) for c in range(branching)]
+        return FeatureNode(prob, children, mutually_exclusive_children=True, name=name)
+
+    roots = [node(f"f{r}", root_prob, 0) for r in range(n_roots)]
+    singles = [FeatureNode(single_prob, name=f"single {i}") for i in range(n_singles)]
+    return FeatureNode(1.0, roots + singles, is_read_out=False, name="root")
+
+
+NAMED_TREES = {
+    "paper": paper_tree,
+    # the depth study (notebook 19): the same design at two, three and four levels
+    "depth2": lambda: hierarchy_tree(2),
+    "depth3": lambda: hierarchy_tree(3),
+    "depth4": lambda: hierarchy_tree(4),
+}
 
 
 def load_tree(spec: str | Path | dict | FeatureNode) -> FeatureNode:
@@ -119,6 +148,9 @@ class FeatureTree:
         n_features: number of read-out nodes.
         feature_names: (n_features,) a name per feature.
         parent_feature: (n_features,) index of the nearest read-out ancestor, or -1.
+        feature_depth: (n_features,) how many read-out ancestors each feature has: 0 for a
+            top-level feature (a parent or an independent one), 1 for its children, 2 for
+            grandchildren, ...
     """
 
     def __init__(self, root: FeatureNode):
@@ -131,6 +163,7 @@ class FeatureTree:
         self.group_members: list[list[int]] = []
         self.feature_names: list[str] = []
         self.parent_feature: list[int] = []
+        self.feature_depth: list[int] = []
         self.node_path: list[str] = []  # where each node sits in the JSON ("root.children[0]"), for messages
         self._add(root, parent=-1, group=-1, feature_ancestor=-1, path="root")
         self.n_features = len(self.feature_names)
@@ -149,6 +182,7 @@ class FeatureTree:
             self.node_feature.append(len(self.feature_names))
             self.feature_names.append(node.name or f"feature {len(self.feature_names)}")
             self.parent_feature.append(feature_ancestor)
+            self.feature_depth.append(0 if feature_ancestor < 0 else self.feature_depth[feature_ancestor] + 1)
             feature_ancestor = self.node_feature[index]
         else:
             self.node_feature.append(-1)
@@ -166,6 +200,20 @@ class FeatureTree:
             if child_group >= 0:
                 self.group_members[child_group].append(len(self.node_prob))
             self._add(child, index, child_group, feature_ancestor, f"{path}.children[{i}]")
+
+    @property
+    def depth(self) -> int:
+        """Levels of features: 1 for independent features only, 2 for parents with children, ..."""
+        return max(self.feature_depth) + 1
+
+    def descendants(self, feature: int) -> list[int]:
+        """Every feature below ``feature`` (children, grandchildren, ...), in pre-order."""
+        below, frontier = [], [feature]
+        while frontier:
+            kids = [f for f in range(self.n_features) if self.parent_feature[f] in frontier]
+            below += kids
+            frontier = kids
+        return sorted(below)
 
     @property
     def n_nodes(self) -> int:

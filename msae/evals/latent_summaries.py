@@ -48,11 +48,13 @@ class TextSample:
         tokens: (N, ctx) long token ids.
         keep: (N, ctx) bool, the positions an SAE is run on (not special tokens or the first).
         resid: (n_kept, d_model) float32 activations at the kept positions, in row-major order.
+        n_left_out: positions left out for their outsized norm (``sample_text``'s ``max_norm_ratio``).
     """
 
     tokens: torch.Tensor
     keep: torch.Tensor
     resid: torch.Tensor
+    n_left_out: int = 0
 
     def __post_init__(self):
         if self.tokens.shape != self.keep.shape:
@@ -67,9 +69,12 @@ class TextSample:
 
 @torch.no_grad()
 def sample_text(model, hook_name: str, corpus: CorpusConfig, n_contexts: int, context_size: int,
-                exclude_first: int = 1, prepend_bos: bool = False, batch_contexts: int = 8) -> TextSample:
+                exclude_first: int = 1, prepend_bos: bool = False, batch_contexts: int = 8,
+                max_norm_ratio: float | None = None) -> TextSample:
     """The first ``n_contexts`` contexts of ``corpus`` and the activations at ``hook_name`` (the
-    model runs up to the hook's block only)."""
+    model runs up to the hook's block only). ``max_norm_ratio``: also leave out the positions whose
+    activation norm exceeds that multiple of the median (attention sinks in mid-context, whose
+    norms can be 100x the rest: one of them can be every latent's top context)."""
     layer = check_hook_name(model, hook_name)
     contexts = [c for _, c in zip(range(n_contexts), iter_contexts(iter_documents(corpus), model.tokenizer, context_size, prepend_bos))]
     if len(contexts) < n_contexts:
@@ -81,7 +86,16 @@ def sample_text(model, hook_name: str, corpus: CorpusConfig, n_contexts: int, co
         chunk = tokens[start : start + batch_contexts]
         _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook_name, stop_at_layer=layer + 1)
         resid.append(cache[hook_name].float().cpu()[keep[start : start + batch_contexts]])
-    return TextSample(tokens, keep, torch.cat(resid))
+    resid = torch.cat(resid)
+    if max_norm_ratio is not None:
+        norms = resid.norm(dim=1)
+        normal = norms <= max_norm_ratio * norms.median()
+        rows = keep.nonzero()
+        keep = keep.clone()
+        keep[rows[~normal, 0], rows[~normal, 1]] = False
+        resid = resid[normal]
+        return TextSample(tokens, keep, resid, int((~normal).sum()))
+    return TextSample(tokens, keep, resid)
 
 
 def token_strings(tokenizer, ids: Sequence[int]) -> dict[int, str]:

@@ -6,6 +6,7 @@ with the known features of synthetic data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -78,25 +79,25 @@ def matched_decoder_cosine(W_dec: torch.Tensor, directions: torch.Tensor, matchi
     return cosines[matching.latent_of_feature, features]
 
 
-def parent_absorption_rate(
+def parent_absorption_counts(
     latent_acts: torch.Tensor,
     true_acts: torch.Tensor,
     parent_feature: list[int] | torch.Tensor,
     matching: Matching,
     min_fraction: float = 0.5,
-) -> float:
-    """How often a parent's matched latent fails to fire when the parent and a child are active.
+) -> dict[int, tuple[int, int]]:
+    """Per parent feature: ``(absorbed, together)``, the samples where it and one of its child
+    features are active on which its matched latent does not fire, and all such samples.
 
     A parent latent "fires" on a sample if its activation reaches ``min_fraction`` of its median
-    activation on samples where the parent is active with no child (its normal size). The rate
-    pools all (sample, parent) pairs where the parent and one of its children are active.
+    activation on samples where the parent is active with no child (its normal size).
 
     Args:
         latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
         parent_feature: (n_features,) index of each feature's parent, or -1.
     """
     parent_feature = torch.as_tensor(parent_feature)
-    absorbed, total = 0, 0
+    counts = {}
     for parent in sorted(set(parent_feature.tolist()) - {-1}):
         children = (parent_feature == parent).nonzero().flatten()
         parent_on = true_acts[:, parent] > 0
@@ -108,13 +109,30 @@ def parent_absorption_rate(
         normal = alone.median()
         together = act[parent_on & child_on]
         if normal <= 0:  # the latent does not even fire for its parent alone
-            absorbed += together.numel()
+            absorbed = together.numel()
         else:
-            absorbed += int((together < min_fraction * normal).sum())
-        total += together.numel()
+            absorbed = int((together < min_fraction * normal).sum())
+        counts[parent] = (absorbed, together.numel())
+    return counts
+
+
+def parent_absorption_rate(
+    latent_acts: torch.Tensor,
+    true_acts: torch.Tensor,
+    parent_feature: list[int] | torch.Tensor,
+    matching: Matching,
+    min_fraction: float = 0.5,
+    parents: Sequence[int] | None = None,
+) -> float:
+    """How often a parent's matched latent fails to fire when the parent and a child are active:
+    :func:`parent_absorption_counts` pooled over all (sample, parent) pairs, or over the
+    ``parents`` given (e.g. those of one level of the tree)."""
+    counts = parent_absorption_counts(latent_acts, true_acts, parent_feature, matching, min_fraction)
+    chosen = [counts[p] for p in (counts if parents is None else parents)]
+    total = sum(together for _, together in chosen)
     if total == 0:
         raise ValueError("no sample has a parent and one of its children active together")
-    return absorbed / total
+    return sum(absorbed for absorbed, _ in chosen) / total
 
 
 def mean_max_decoder_cosine(W_dec: torch.Tensor, block: int = 4096) -> float:

@@ -52,12 +52,15 @@ class TreeConfig:
         n_contexts: contexts of held-out text the latents are read on.
         context_size: tokens per context.
         threshold: the directed masked cosine a latent needs to hang under a parent (paper: 0.6).
+        max_norm_ratio: positions whose activation norm exceeds this multiple of the median are
+            left out of the sample (mid-context attention sinks; None keeps every position).
         summary: how much of each latent the summaries keep.
     """
 
     n_contexts: int = 256
     context_size: int = 128
     threshold: float = PAPER_THRESHOLD
+    max_norm_ratio: float | None = 10.0
     summary: SummaryConfig = field(default_factory=SummaryConfig)
 
 
@@ -71,6 +74,7 @@ class TreeView:
         summaries: node key -> latent summary (every root and every attached node).
         saes: the SAE folder of each level (one folder repeated for a Matryoshka SAE).
         n_tokens: kept tokens of the text sample the latents were read on.
+        n_left_out: tokens of the sample left out for their outsized activation norm.
     """
 
     title: str
@@ -78,6 +82,7 @@ class TreeView:
     summaries: dict[str, dict[str, Any]]
     saes: list[str]
     n_tokens: int
+    n_left_out: int = 0
 
     def largest_roots(self, n: int) -> list[Node]:
         """The ``n`` roots with the most descendants (ties: smaller latent first)."""
@@ -86,11 +91,12 @@ class TreeView:
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "tree": self.tree.to_dict(), "summaries": self.summaries, "saes": self.saes,
-                "n_tokens": self.n_tokens}
+                "n_tokens": self.n_tokens, "n_left_out": self.n_left_out}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TreeView:
-        return cls(data["title"], LatentTree.from_dict(data["tree"]), data["summaries"], data["saes"], data["n_tokens"])
+        return cls(data["title"], LatentTree.from_dict(data["tree"]), data["summaries"], data["saes"], data["n_tokens"],
+                   int(data.get("n_left_out", 0)))
 
 
 def sample_key(model_name: str, hook_name: str, corpus: CorpusConfig, config: TreeConfig, exclude_first: int,
@@ -98,6 +104,8 @@ def sample_key(model_name: str, hook_name: str, corpus: CorpusConfig, config: Tr
     """A short hash naming the text sample (the summaries' cache key)."""
     fields = {"model": model_name, "hook": hook_name, "corpus": asdict(corpus), "n_contexts": config.n_contexts,
               "context_size": config.context_size, "exclude_first": exclude_first, "prepend_bos": prepend_bos}
+    if config.max_norm_ratio is not None:  # absent when None, so samples cached before the option keep their key
+        fields["max_norm_ratio"] = config.max_norm_ratio
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -111,11 +119,11 @@ def cached_text_sample(model, hook_name: str, corpus: CorpusConfig, config: Tree
     with waiting_lock(folder / ".text_sample.lock"):
         if not path.is_file():
             sample = sample_text(model, hook_name, corpus, config.n_contexts, config.context_size, exclude_first,
-                                 prepend_bos)
+                                 prepend_bos, max_norm_ratio=config.max_norm_ratio)
             atomic_write(path, lambda f: torch.save({"tokens": sample.tokens, "keep": sample.keep,
-                                                     "resid": sample.resid.half()}, f))
+                                                     "resid": sample.resid.half(), "n_left_out": sample.n_left_out}, f))
     saved = torch.load(path)
-    return TextSample(saved["tokens"], saved["keep"], saved["resid"].float())
+    return TextSample(saved["tokens"], saved["keep"], saved["resid"].float(), int(saved.get("n_left_out", 0)))
 
 
 def load_any_sae(path: str | Path):
@@ -202,7 +210,7 @@ def build_view(title: str, sae_folders: Sequence[str | Path], model, sample: Tex
             node = Node(level, latent)
             if level == 0 or node in tree.parent:
                 summaries[node.key] = per_sae[folder][latent]
-    return TreeView(title, tree, summaries, [str(f) for f in level_folders], sample.n_tokens)
+    return TreeView(title, tree, summaries, [str(f) for f in level_folders], sample.n_tokens, sample.n_left_out)
 
 
 def cached_view(path: str | Path, build) -> TreeView:
@@ -266,7 +274,7 @@ def sweep_views(results, config: TreeConfig, runs_dir: str | Path, k: int | None
                                              sweep.prepend_bos))
         return sample[0]
 
-    tag = f"{key}-t{config.threshold:g}-v{SUMMARY_VERSION}"
+    tag = f"{key}-t{config.threshold:g}-v{SUMMARY_VERSION}"  # the key covers the sample, incl. max_norm_ratio
     matryoshka = results.sae_path(sae_name("matryoshka", k))
     chain = sweep_chain(results, k)
     return {
@@ -295,3 +303,27 @@ def verdict_line(views: dict[str, TreeView]) -> str:
     claim = ("App F, latent trees, Matryoshka vs BatchTopK: paper (qualitative): Matryoshka latents form trees, "
              "general parents above specific children")
     return verdict_qualitative(claim, "; ".join(parts))
+
+
+def diagnostic_rows(views: dict[str, TreeView]) -> list[dict[str, Any]]:
+    """What can distort a tree, per view: the spread of the first level's largest activations
+    (the score scales by their ratio), the share of attachments whose score exceeds 1 (the child's
+    largest activation dwarfs its parent's), and the token most latents peak on (one token with a
+    huge residual norm can be the top context of many latents)."""
+    rows = []
+    for name, view in views.items():
+        roots = [view.summaries[r.key] for r in view.tree.roots()]
+        maxima = np.array([s["max"] for s in roots if s["max"] > 0])
+        scores = np.array(list(view.tree.score.values()))
+        peaks = [s["contexts"][0]["tokens"][s["contexts"][0]["peak"]] for s in view.summaries.values() if s["contexts"]]
+        top, count = max(((t, peaks.count(t)) for t in set(peaks)), key=lambda tc: (tc[1], tc[0]), default=("", 0))
+        rows.append({
+            "tree": name,
+            "level-1 max act p10": float(np.percentile(maxima, 10)) if len(maxima) else float("nan"),
+            "level-1 max act p90": float(np.percentile(maxima, 90)) if len(maxima) else float("nan"),
+            "median score": float(np.median(scores)) if len(scores) else float("nan"),
+            "scores > 1": float((scores > 1).mean()) if len(scores) else float("nan"),
+            "commonest peak token": repr(top),
+            "latents peaking on it": count / max(len(peaks), 1),
+        })
+    return rows

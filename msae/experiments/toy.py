@@ -84,6 +84,8 @@ SAE_KINDS = ("vanilla", "matryoshka")
 
 # below this an event counts as impossible (the tolerance FeatureTree allows on probability sums)
 _IMPOSSIBLE = 1e-9
+# a parent's latent's normal size is the median over the samples where it fires alone: want a few
+_MIN_EXPECTED_ALONE = 20
 
 
 def check_config(config: ToyExperimentConfig) -> None:
@@ -113,6 +115,12 @@ def check_config(config: ToyExperimentConfig) -> None:
                    "or add a child with is_read_out false for 'no child'")
         raise ValueError(f"parent feature {tree.feature_names[feature]!r} at {tree.node_path[node]} never fires "
                          f"without a child feature, so its absorption cannot be measured: {why}")
+    for feature, (alone, _) in pairs.items():
+        if alone * config.eval_samples < _MIN_EXPECTED_ALONE:
+            raise ValueError(
+                f"parent feature {tree.feature_names[feature]!r} fires without a child feature with probability "
+                f"{alone:.3g}: about {alone * config.eval_samples:.1f} times in eval_samples={config.eval_samples}, too few "
+                f"to measure its latent's normal size (want >= {_MIN_EXPECTED_ALONE}); raise eval_samples or its active_prob")
     if all(together <= _IMPOSSIBLE for _, together in pairs.values()):
         raise ValueError("no parent feature of the tree ever fires together with a child feature "
                          "(their active_prob are 0), so absorption cannot be measured")
@@ -187,6 +195,9 @@ class ToyEvaluation(NamedTuple):
         matched_cosine: (n_features,) cosine of each feature's matched decoder row with its direction.
         decoder_cosine: (n_features, n_features) matched decoder rows against the true directions.
         parent_absorption: the rate at which a parent's latent is silent while one of its children fires.
+        absorption_by_depth: that rate pooled over the parents of each level (0: top-level parents,
+            absorbed by their children; 1: children absorbed by grandchildren; ...).
+        feature_depth: (n_features,) each feature's level in the tree (``FeatureTree.feature_depth``).
         l0: mean active latents per sample.
         variance_explained: of the samples by the SAE's reconstruction.
     """
@@ -198,8 +209,15 @@ class ToyEvaluation(NamedTuple):
     matched_cosine: torch.Tensor
     decoder_cosine: torch.Tensor
     parent_absorption: float
+    absorption_by_depth: dict[int, float]
+    feature_depth: list[int]
     l0: float
     variance_explained: float
+
+    def cosine_by_depth(self) -> dict[int, float]:
+        """Mean matched cosine of the features of each level."""
+        depth = torch.tensor(self.feature_depth)
+        return {d: float(self.matched_cosine[depth == d].mean()) for d in sorted(set(self.feature_depth))}
 
 
 @torch.no_grad()
@@ -210,6 +228,13 @@ def evaluate(sae: SparseAutoencoder, data: ToyData, n_samples: int, seed: int = 
     latent_acts = codes * sae.W_dec.norm(dim=1)
     matching = metrics.match_latents(latent_acts, true_acts)
     cosines = metrics.decoder_cosines(sae.W_dec, data.directions)  # (d_sae, n_features)
+    tree = data.tree
+    parents = sorted(set(tree.parent_feature) - {-1})
+    by_depth = {
+        depth: metrics.parent_absorption_rate(latent_acts, true_acts, tree.parent_feature, matching,
+                                              parents=[p for p in parents if tree.feature_depth[p] == depth])
+        for depth in sorted({tree.feature_depth[p] for p in parents})
+    }
     return ToyEvaluation(
         true_acts=true_acts,
         latent_acts=latent_acts,
@@ -217,21 +242,28 @@ def evaluate(sae: SparseAutoencoder, data: ToyData, n_samples: int, seed: int = 
         matching=matching,
         matched_cosine=metrics.matched_decoder_cosine(sae.W_dec, data.directions, matching),
         decoder_cosine=cosines[matching.latent_of_feature],
-        parent_absorption=metrics.parent_absorption_rate(latent_acts, true_acts, data.tree.parent_feature, matching),
+        parent_absorption=metrics.parent_absorption_rate(latent_acts, true_acts, tree.parent_feature, matching),
+        absorption_by_depth=by_depth,
+        feature_depth=list(tree.feature_depth),
         l0=metrics.l0(codes),
         variance_explained=metrics.variance_explained(x, sae.decode(codes)),
     )
 
 
 def summary(evaluation: ToyEvaluation) -> dict[str, float]:
-    """The key numbers of one SAE, rounded for printing and for comparing runs."""
-    return {
+    """The key numbers of one SAE, rounded for printing and for comparing runs, pooled and per level
+    of the tree: ``cosine_L<d>`` (mean matched cosine of level d's features, 0 the top level) and
+    ``absorption_L<d>`` (the absorption of level d's parents by their children)."""
+    out = {
         "mean_matched_cosine": round(float(evaluation.matched_cosine.mean()), 3),
         "min_matched_cosine": round(float(evaluation.matched_cosine.min()), 3),
         "parent_absorption_rate": round(evaluation.parent_absorption, 3),
         "l0": round(evaluation.l0, 3),
         "variance_explained": round(evaluation.variance_explained, 3),
     }
+    out.update({f"cosine_L{d}": round(c, 3) for d, c in evaluation.cosine_by_depth().items()})
+    out.update({f"absorption_L{d}": round(a, 3) for d, a in evaluation.absorption_by_depth.items()})
+    return out
 
 
 def run(
