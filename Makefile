@@ -1,7 +1,8 @@
 # msae: two commands do everything on a fresh clone.
 #   make reproduce   run every notebook at the default profile; figures into figures/
 #                    (PROFILE=paper|smoke: into build/<profile>/; NPROC=N: train on N processes first)
-#   make reproduce-fast   the same without the baseline, scaling, ablation and scale-ladder studies (14-17)
+#   make reproduce-fast   the same without the baseline, scaling, ablation, scale-ladder and toy-depth studies
+#                    (14-17, 19)
 #   make plan        what a run at PROFILE on NPROC processes trains, needs and costs (no model loaded)
 #   make test        lint, then the unit tests and every notebook at the smoke profile under nbval,
 #                    as jobs of one make -j2 (see notebook-test below)
@@ -12,7 +13,8 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # The studies that train the baselines, other widths, ablation arms and the scale ladder (hours on a CPU at the
 # default profile); reproduce-fast leaves them out.
-STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb notebooks/17_*.ipynb)
+STUDY_NOTEBOOKS := $(wildcard notebooks/14_*.ipynb notebooks/15_*.ipynb notebooks/16_*.ipynb notebooks/17_*.ipynb \
+	notebooks/19_*.ipynb)
 SMOKE_DIR := build/smoke
 # nbval's re-run of the smoke notebooks, in a runs folder of its own
 CHECK_DIR := build/smoke-check
@@ -23,7 +25,7 @@ ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 comma := ,
 
 .PHONY: reproduce reproduce-fast run-notebooks plan test browser lint unit-test unit-test-job test-jobs notebook-test notebook-folders \
-	notebook-jobs lab bench interop clean env
+	notebook-jobs lab bench interop toy-reference clean env
 
 env: $(STAMP)
 
@@ -192,6 +194,16 @@ $(BENCH_VENV)/.installed: requirements.txt
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/train_speed.py
+
+# Optional: the paper authors' reference toy code (noanabeshima/matryoshka-saes, MIT; not part of
+# msae) at a pinned commit, which notebook 19 runs beside msae's toy SAEs on the same trees,
+# seeds and batches; then notebook 19 again, in place (its results are cached under runs/).
+REFERENCE_COMMIT := 7b80f5fe36598f43f3181c5466a0365c7ce07807
+toy-reference: $(STAMP)
+	@test -f build/reference/sae.py || { rm -rf build/reference && \
+		git clone --quiet https://github.com/noanabeshima/matryoshka-saes build/reference && \
+		git -C build/reference checkout --quiet $(REFERENCE_COMMIT); }
+	@$(MAKE) --no-print-directory run-notebooks RUN="$(wildcard notebooks/19_*.ipynb)"
 
 # Optional: load our saved SAEs with SAELens itself, in a separate venv (sae-lens's pins are its own).
 interop: $(STAMP)

@@ -59,18 +59,35 @@ def _activation_panels(
     return fig
 
 
+def _descendants(parent_feature: list[int], feature: int) -> list[int]:
+    """Every feature below ``feature``, depth first (each child followed by its own subtree)."""
+    out = []
+    for child in (f for f, p in enumerate(parent_feature) if p == feature):
+        out += [child, *_descendants(parent_feature, child)]
+    return out
+
+
 def parent_activations(
     evaluations: dict[str, ToyEvaluation], parent_feature: list[int], feature_names: list[str], parent: int, per_case: int = 8
 ) -> plt.Figure:
-    """Fig 3: samples where ``parent`` fires, alone and with each child, and what each SAE's
-    matched latents do on them. An absorbing SAE's parent latent goes dark when a child fires."""
-    children = [f for f, p in enumerate(parent_feature) if p == parent]
+    """Fig 3: samples where ``parent`` fires, alone, then with each descendant as the deepest
+    active feature below it (a child alone, then that child with each of its own children, ...),
+    and what each SAE's matched latents do on them. An absorbing SAE's parent latent goes dark
+    when a child fires; in a deeper tree a child's latent can go dark under a grandchild too."""
+    below = _descendants(parent_feature, parent)
     true = evaluations[SAE_KINDS[0]].true_acts
     parent_on = true[:, parent] > 0
-    cases = [parent_on & (true[:, children].sum(1) == 0)] + [parent_on & (true[:, c] > 0) for c in children]
+
+    def none_of(features):
+        return true[:, features].sum(1) == 0 if features else torch.ones(len(true), dtype=torch.bool)
+
+    cases = [parent_on & none_of(below)]
+    cases += [parent_on & (true[:, d] > 0) & none_of(_descendants(parent_feature, d)) for d in below]
     rows = torch.cat([case.nonzero().flatten()[:per_case] for case in cases])
-    title = f"Samples where {feature_names[parent]} is active: alone, then with each child"
-    return _activation_panels(rows, [parent] + children, evaluations, feature_names, title)
+    deeper = any(parent_feature[d] != parent for d in below)
+    what = "each child and grandchild" if deeper else "each child"
+    title = f"Samples where {feature_names[parent]} is active: alone, then with {what}"
+    return _activation_panels(rows, [parent] + below, evaluations, feature_names, title)
 
 
 def all_activations(evaluations: dict[str, ToyEvaluation], feature_names: list[str], n_samples: int = 60) -> plt.Figure:
@@ -82,3 +99,34 @@ def all_activations(evaluations: dict[str, ToyEvaluation], feature_names: list[s
     rows = active[torch.argsort(first_feature, stable=True)]
     title = "Every feature: true activations and the matched latents"
     return _activation_panels(rows, list(range(true.shape[1])), evaluations, feature_names, title)
+
+
+def depth_levels(rows: list[dict]) -> plt.Figure:
+    """The depth study: for each tree (columns), the parent absorption of each level's parents
+    (top) and the mean matched cosine of each level's features (bottom), vanilla against
+    Matryoshka, msae's implementation solid and the reference's dashed (``toy_depth.level_rows``)."""
+    trees = list(dict.fromkeys(r["tree"] for r in rows))
+    fig, axes = plt.subplots(2, len(trees), figsize=(3.6 * len(trees), 6), squeeze=False, layout="constrained", sharey="row")
+    colours = {"vanilla": "tab:gray", "matryoshka": "tab:orange"}
+    styles = {"msae": "-", "reference": "--"}
+    for col, tree in enumerate(trees):
+        for row, metric in enumerate(("absorption", "cosine")):
+            ax = axes[row, col]
+            for implementation in dict.fromkeys(r["implementation"] for r in rows):
+                for kind in SAE_KINDS:
+                    points = [(r["level"], r[metric]) for r in rows if r["tree"] == tree and r["sae"] == kind
+                              and r["implementation"] == implementation and r[metric] is not None]
+                    if points:
+                        ax.plot(*zip(*points), styles.get(implementation, ":"), marker="o", color=colours[kind],
+                                label=f"{TITLES[kind]} ({implementation})")
+            levels = sorted({r["level"] for r in rows if r["tree"] == tree})
+            ax.set_xticks(levels)
+            ax.set_ylim(-0.05, 1.05)
+            if row == 0:
+                ax.set_title(tree)
+        axes[0, col].set_xlabel("level of the parents (0: top)")
+        axes[1, col].set_xlabel("level of the features (0: top)")
+    axes[0, 0].set_ylabel("parent absorption")
+    axes[1, 0].set_ylabel("mean matched cosine")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    return fig

@@ -1,0 +1,123 @@
+"""The depth study's bookkeeping and the adapter that lets msae's toy evaluation read the
+reference implementation's SAE (the reference itself is not in the repository: a stand-in with
+its interface is written here, and the real one is compared in notebook 19)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from msae.experiments import profiles, toy
+from msae.experiments.toy_depth import level_rows
+from msae.experiments.toy_reference import ReferenceAdapter, load_reference, run_reference
+
+STAND_IN = '''
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class RunningAvgNormalizer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.running_avg = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def normalize(self, x, update=False):
+        if update:
+            self.running_avg.data = 0.9 * self.running_avg + 0.1 * x.norm(dim=-1).mean()
+        return x * (np.sqrt(x.shape[-1]) / self.running_avg.detach())
+
+    def unnormalize(self, x):
+        return x * (self.running_avg.detach() / np.sqrt(x.shape[-1]))
+
+
+class MatryoshkaSAE(nn.Module):
+    """The reference's interface: constructor keywords, step(x), get_acts(x), normalizer."""
+
+    def __init__(self, d_model, n_latents, n_prefixes, target_l0, n_steps, lr=3e-2, permute_latents=True,
+                 min_prefix_length=1, sparsity_type="l1", starting_sparsity_loss_scale=1.2):
+        super().__init__()
+        self.W_enc = nn.Parameter(torch.randn(d_model, n_latents) / np.sqrt(d_model))
+        self.b_enc = nn.Parameter(0.1 * torch.randn(n_latents))
+        self.W_dec = nn.Parameter(torch.randn(n_latents, d_model))
+        self.b_dec = nn.Parameter(torch.randn(d_model))
+        self.d_model, self.calls = d_model, []
+        self.normalizer = RunningAvgNormalizer()
+
+    def step(self, x):
+        self.calls.append(x.clone())
+        self.normalizer.normalize(x, update=True)
+
+    def get_acts(self, x):
+        x = self.normalizer.normalize(x)
+        acts = torch.relu(x @ self.W_enc + self.b_enc) * self.W_dec.norm(dim=1)
+        return self.normalizer.unnormalize(acts)
+
+    def reconstruct(self, x):
+        x = self.normalizer.normalize(x)
+        return self.normalizer.unnormalize(torch.relu(x @ self.W_enc + self.b_enc) @ self.W_dec + self.b_dec)
+'''
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    (folder / "sae.py").write_text(STAND_IN)
+    return folder
+
+
+def test_adapter_reads_the_reference_as_its_own_get_acts_and_reconstruction(stand_in, seed):
+    module = load_reference(stand_in)
+    torch.manual_seed(seed)
+    # as in the toy model, one latent per input dimension: the reference's get_acts unnormalises
+    # by sqrt of its last dimension, the number of latents, where its reconstruction uses d_model
+    sae = module.MatryoshkaSAE(d_model=7, n_latents=7, n_prefixes=3, target_l0=2, n_steps=5)
+    for _ in range(5):
+        sae.step(torch.randn(20, 7) * 3)
+    adapter, x = ReferenceAdapter(sae), torch.randn(30, 7)
+    codes = adapter.encode(x)
+    torch.testing.assert_close(codes * adapter.W_dec.norm(dim=1), sae.get_acts(x))
+    torch.testing.assert_close(adapter.decode(codes), sae.reconstruct(x).detach())
+
+
+def test_reference_runs_on_msae_batches_and_are_cached(stand_in, tmp_path, monkeypatch):
+    config = profiles.toy_config("smoke", steps=7, eval_samples=4000)
+    runs = tmp_path / "runs"
+    assert run_reference(config, [0], runs, None) is None  # nothing cached, no source
+    seen = {}
+    real_train = __import__("msae.experiments.toy_reference", fromlist=["x"]).train_reference
+
+    def spy(module, cfg, kind):
+        adapter = real_train(module, cfg, kind)
+        seen[kind] = adapter.sae.calls
+        return adapter
+
+    monkeypatch.setattr("msae.experiments.toy_reference.train_reference", spy)
+    first = run_reference(config, [0], runs, stand_in)
+    data = toy.make_data(config)
+    expected = [data.next_batch() for _ in range(7)]
+    for kind in ("vanilla", "matryoshka"):  # both fed msae's stream for the seed, batch for batch
+        assert len(seen[kind]) == 7 and all(torch.equal(a, b) for a, b in zip(seen[kind], expected))
+        saved = json.loads((runs / "toy_reference" / config.run_name() / f"{kind}.json").read_text())
+        assert saved["summary"] == first[0][kind] and saved["config"]["steps"] == 7
+    monkeypatch.setattr("msae.experiments.toy_reference.train_reference", lambda *a: pytest.fail("retrained"))
+    assert run_reference(config, [0], runs, None) == first
+
+
+def test_level_rows_average_each_level_over_seeds():
+    summaries = {
+        s: {kind: {"mean_matched_cosine": 0.5 + s, "min_matched_cosine": 0.1, "cosine_L0": 0.9 - s / 10, "cosine_L1": 0.8,
+                   "cosine_L2": 0.7, "absorption_L0": 0.1 * (s + 1), "absorption_L1": 0.0}
+            for kind in ("vanilla", "matryoshka")}
+        for s in (0, 1)
+    }
+    rows = level_rows({"depth3": summaries}, implementation="reference")
+    assert len(rows) == 2 * 3
+    top = next(r for r in rows if r["sae"] == "vanilla" and r["level"] == 0)
+    assert top["cosine"] == pytest.approx(0.85) and top["absorption"] == pytest.approx(0.15)
+    assert top["implementation"] == "reference" and top["seeds"] == 2
+    last = next(r for r in rows if r["sae"] == "matryoshka" and r["level"] == 2)
+    assert last["absorption"] is None and last["cosine"] == pytest.approx(0.7)
+    assert np.isclose(last["mean cosine (tree)"], 1.0)
