@@ -12,7 +12,7 @@ from chromium import Chromium, find_chromium
 from msae.evals.latent_summaries import SummaryConfig, TextSample, summarise_latents
 from msae.evals.latent_trees import Node, matryoshka_tree
 from msae.experiments.latent_trees import TreeView
-from msae.plots.latent_browser import save_browser, screenshot
+from msae.plots.latent_browser import PAGE_CONTEXTS, save_browser, screenshot
 from test_latent_trees import planted_levels
 
 CHROMIUM = find_chromium()
@@ -39,7 +39,7 @@ def planted_view(seed) -> TreeView:
     logits = tuple(np.tile(np.arange(3), (codes.shape[1], 1)) if i % 2 == 0 else np.ones((codes.shape[1], 3))
                    for i in range(4))
     summaries = summarise_latents(sp.csr_matrix(codes), sample, range(codes.shape[1]), strings,
-                                  SummaryConfig(n_contexts=4), logits, groups)
+                                  SummaryConfig(n_contexts=PAGE_CONTEXTS + 2), logits, groups)
     keys = {r.key for r in tree.roots()} | {n.key for n in tree.parent}
     return TreeView("Planted <tree>", tree, {k: summaries[Node.from_key(k).latent] for k in keys}, ["x"] * 3, sample.n_tokens)
 
@@ -70,7 +70,8 @@ def test_page_loads_renders_and_clicks(tmp_path, seed, browser):
     child = view.tree.children(root)[0]
     browser.click(f'.node[data-key="{child.key}"]')
     assert browser.evaluate("document.querySelector('#detail h1').textContent") == f"Latent {child.latent} (group 2)"
-    assert browser.evaluate("document.querySelectorAll('#detail .context').length") == len(view.summaries[child.key]["contexts"])
+    shown = min(len(view.summaries[child.key]["contexts"]), PAGE_CONTEXTS)
+    assert browser.evaluate("document.querySelectorAll('#detail .context').length") == shown
     parent_text = browser.evaluate("document.querySelector('#detail a.jump').textContent")
     assert parent_text.startswith(f"#{root.latent} ")
     # token texts are shown as text: no element was made from one

@@ -94,7 +94,7 @@ def test_chain_view_and_the_browser_page(tmp_path, model_and_sample, seed):
     for key, node in data["nodes"].items():
         assert node["children"] == [c.key for c in view.tree.children(Node.from_key(key))]
         for tokens, acts, peak in node["contexts"]:
-            assert len(tokens) == len(acts) and acts[peak] == pytest.approx(max(acts), abs=1e-3)
+            assert len(tokens) == len(acts) and acts[peak] == pytest.approx(max(acts), abs=1e-2)
     sizes = [data["nodes"][k]["descendants"] for k in data["roots"]]
     assert sizes == sorted(sizes, reverse=True)
     # the page's token table decodes back to the summaries' text

@@ -18,11 +18,17 @@ import matplotlib.pyplot as plt
 
 from ..evals.latent_trees import Node
 
-CONTEXT_DIGITS = 3  # activations in the page: enough to shade, small enough to keep pages light
+CONTEXT_DIGITS = 2  # activations in the page: enough to shade and read, small enough to keep pages light
+PAGE_CONTEXTS = 5  # top contexts per latent in the page (the cached summaries keep more)
 
 
-def browser_payload(view) -> dict[str, Any]:
-    """The page's data: a string table (every token text once) and one record per node."""
+def _act(value: float) -> float | int:
+    return 0 if value == 0 else round(value, CONTEXT_DIGITS)
+
+
+def browser_payload(view, max_contexts: int = PAGE_CONTEXTS) -> dict[str, Any]:
+    """The page's data: a string table (every token text once) and one record per node, with at
+    most ``max_contexts`` top contexts each."""
     tree = view.tree
     strings: dict[str, int] = {}
 
@@ -39,8 +45,8 @@ def browser_payload(view) -> dict[str, Any]:
             "frequency": summary["frequency"], "max": summary["max"],
             "histogram": summary["histogram"]["counts"],
             "peak": top["tokens"][top["peak"]] if top else "",
-            "contexts": [[[sid(t) for t in c["tokens"]], [round(a, CONTEXT_DIGITS) for a in c["acts"]], c["peak"]]
-                         for c in summary["contexts"]],
+            "contexts": [[[sid(t) for t in c["tokens"]], [_act(a) for a in c["acts"]], c["peak"]]
+                         for c in summary["contexts"][:max_contexts]],
             "promoted": [[sid(t), round(v, 3)] for t, v in summary.get("promoted", [])],
             "suppressed": [[sid(t), round(v, 3)] for t, v in summary.get("suppressed", [])],
             "children": children,
