@@ -42,7 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.sources import DataSource
-from ..distributed import all_rows, all_sum, world_size
+from ..distributed import all_rows, all_sum, average_in_place
 from ..files import json_default, write_json
 from ..io import save_sae
 from ..saes.base import SparseAutoencoder
@@ -251,10 +251,9 @@ def optimization_step(
         out = sae.training_step(x, step)
     out.loss.backward()
     if sae.batch_group is not None:  # data-parallel: the mean of the ranks' gradients, the whole batch's
-        world = world_size(sae.batch_group)
         for parameter in sae.parameters():
             if parameter.grad is not None:
-                parameter.grad.copy_(all_sum(parameter.grad, sae.batch_group) / world)
+                average_in_place(parameter.grad, sae.batch_group)
     sae.before_optimizer_step()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
