@@ -145,3 +145,12 @@ def test_bad_inputs(model, stories):
         collect_text_activations(model, HOOK, texts, spans=[[]], progress=False)
     with pytest.raises(ValueError, match="no texts"):
         collect_text_activations(model, HOOK, [], progress=False)
+
+
+def test_cached_story_activations_leave_out_the_first_positions_asked(model, tmp_path, seed):
+    default = story_activations(model, HOOK, 6, seed, 40, tmp_path, model_name="tiny", progress=False)
+    three = story_activations(model, HOOK, 6, seed, 40, tmp_path, model_name="tiny", progress=False, exclude_first=3)
+    assert len(list(tmp_path.glob("story_activations_*.pt"))) == 2  # cached under different keys
+    assert not default.mask[:, :1].any() and default.mask[:, 1:3].any()
+    assert not three.mask[:, :3].any()
+    assert torch.equal(three.mask, default.mask & (torch.arange(default.mask.shape[1]) >= 3))

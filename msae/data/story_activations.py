@@ -231,10 +231,11 @@ def story_activations(
     model_name: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    exclude_first: int = 1,
 ) -> TextActivations:
     """Activations of ``generate_stories(n_stories, seed)``, cached under ``cache_dir`` by a key
-    of the model, hook, corpus and context size (the corpus fingerprint changes whenever the
-    generator's word lists or templates do)."""
+    of the model, hook, corpus, context size and ``exclude_first`` (the corpus fingerprint
+    changes whenever the generator's word lists or templates do)."""
     cfg = model.cfg
     key_content = {
         "format": FORMAT,
@@ -246,6 +247,8 @@ def story_activations(
         "context_size": context_size,
         "corpus": corpus_fingerprint(n_stories, seed),
     }
+    if exclude_first != 1:  # in the key only when not the old default, so caches made before keep their name
+        key_content["exclude_first"] = exclude_first
     key = hashlib.sha256(json.dumps(key_content, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"story_activations_{key}.pt"
     with waiting_lock(path.parent / f".{path.name}.lock"):  # another process collecting them: wait, then reuse
@@ -255,6 +258,7 @@ def story_activations(
         acts = collect_text_activations(
             model, hook_name, [s.text for s in stories], context_size, batch_size,
             spans=[s.spans for s in stories], labels=[s.labels for s in stories], progress=progress,
+            exclude_first=exclude_first,
         )
         acts.save(path)
     return acts

@@ -217,7 +217,7 @@ class FeatureEvaluator:
         cfg, sweep = self.config, self.results.config
         return story_activations.story_activations(
             self.model, sweep.hook_name, cfg.n_stories, cfg.story_seed, cfg.context_size, self.data_dir,
-            model_name=sweep.model_name, progress=self.progress)
+            model_name=sweep.model_name, progress=self.progress, exclude_first=sweep.exclude_first)
 
     @cached_property
     def concept_stories(self) -> story_activations.TextActivations:
@@ -238,13 +238,15 @@ class FeatureEvaluator:
             suites = []
             for i, source in enumerate(SAEBENCH_PROBE_SOURCES):
                 suite = probe_tasks.hf_text_tasks(source, seed=cfg.seed)
-                path = self.data_dir / f"probe_texts_{i}.pt"
-                with waiting_lock(self.data_dir / f".probe_texts_{i}.lock"):
+                tag = "" if sweep.exclude_first == 1 else f"_x{sweep.exclude_first}"
+                path = self.data_dir / f"probe_texts_{i}{tag}.pt"
+                with waiting_lock(self.data_dir / f".probe_texts_{i}{tag}.lock"):
                     if path.is_file():
                         acts = story_activations.TextActivations.load(path)
                     else:
                         acts = story_activations.collect_text_activations(
-                            self.model, sweep.hook_name, suite.texts, cfg.context_size, progress=self.progress)
+                            self.model, sweep.hook_name, suite.texts, cfg.context_size, progress=self.progress,
+                            exclude_first=sweep.exclude_first)
                         acts.save(path)
                 suites.append((source, suite, acts))
         return [(name, suite, acts, story_activations.pooled_resid(acts)) for name, suite, acts in suites]
