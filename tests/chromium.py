@@ -7,16 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
-
-def find_chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 class Chromium:

@@ -8,11 +8,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from chromium import Chromium, find_chromium
+from chromium import Chromium
 from msae.evals.latent_summaries import SummaryConfig, TextSample, summarise_latents
 from msae.evals.latent_trees import Node, matryoshka_tree
 from msae.experiments.latent_trees import TreeView
-from msae.plots.latent_browser import PAGE_CONTEXTS, save_browser, screenshot
+from msae.plots.latent_browser import PAGE_CONTEXTS, find_chromium, save_browser, screenshot
 from test_latent_trees import planted_levels
 
 CHROMIUM = find_chromium()

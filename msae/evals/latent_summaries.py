@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..data.activations import CorpusConfig, iter_contexts, iter_documents, keep_mask
-from ..data.models import check_hook_name
+from ..data.activations import CorpusConfig
+from .lm_eval import read_contexts
 
 
 @dataclass
@@ -75,18 +75,9 @@ def sample_text(model, hook_name: str, corpus: CorpusConfig, n_contexts: int, co
     model runs up to the hook's block only). ``max_norm_ratio``: also leave out the positions whose
     activation norm exceeds that multiple of the median (attention sinks in mid-context, whose
     norms can be 100x the rest: one of them can be every latent's top context)."""
-    layer = check_hook_name(model, hook_name)
-    contexts = [c for _, c in zip(range(n_contexts), iter_contexts(iter_documents(corpus), model.tokenizer, context_size, prepend_bos))]
-    if len(contexts) < n_contexts:
-        raise ValueError(f"the corpus gave {len(contexts)} contexts of {context_size} tokens, {n_contexts} were asked for")
-    tokens = torch.stack(contexts)
-    keep = keep_mask(tokens, sorted(set(model.tokenizer.all_special_ids)), exclude_first)
-    resid = []
-    for start in range(0, n_contexts, batch_contexts):
-        chunk = tokens[start : start + batch_contexts]
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook_name, stop_at_layer=layer + 1)
-        resid.append(cache[hook_name].float().cpu()[keep[start : start + batch_contexts]])
-    resid = torch.cat(resid)
+    tokens, keep, resid, _ = read_contexts(model, hook_name, corpus, n_contexts, context_size, exclude_first,
+                                           prepend_bos, batch_contexts)
+    resid = resid[keep]
     if max_norm_ratio is not None:
         norms = resid.norm(dim=1)
         normal = norms <= max_norm_ratio * norms.median()

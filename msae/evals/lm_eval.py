@@ -62,14 +62,17 @@ class EvalSet:
 
 
 @torch.no_grad()
-def build_eval_set(
+@torch.no_grad()
+def read_contexts(
     model, hook_name: str, corpus: CorpusConfig, n_contexts: int, context_size: int, exclude_first: int = 1,
     prepend_bos: bool = False, batch_contexts: int = 8,
-) -> EvalSet:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The first ``n_contexts`` contexts of ``corpus`` run up to the hook: ``(tokens (N, ctx),
+    keep (N, ctx) bool, resid (N, ctx, d_model) float32, the hook's layer)``."""
     layer = check_hook_name(model, hook_name)
     contexts = [c for _, c in zip(range(n_contexts), iter_contexts(iter_documents(corpus), model.tokenizer, context_size, prepend_bos))]
     if len(contexts) < n_contexts:
-        raise ValueError(f"the evaluation corpus gave {len(contexts)} contexts, {n_contexts} were asked for")
+        raise ValueError(f"the corpus gave {len(contexts)} contexts of {context_size} tokens, {n_contexts} were asked for")
     tokens = torch.stack(contexts)
     keep = keep_mask(tokens, sorted(set(model.tokenizer.all_special_ids)), exclude_first)
     resid = []
@@ -77,7 +80,15 @@ def build_eval_set(
         chunk = tokens[start : start + batch_contexts].to(model.cfg.device)
         _, cache = model.run_with_cache(chunk, names_filter=hook_name, stop_at_layer=layer + 1)
         resid.append(cache[hook_name].float().cpu())
-    resid = torch.cat(resid)
+    return tokens, keep, torch.cat(resid), layer
+
+
+def build_eval_set(
+    model, hook_name: str, corpus: CorpusConfig, n_contexts: int, context_size: int, exclude_first: int = 1,
+    prepend_bos: bool = False, batch_contexts: int = 8,
+) -> EvalSet:
+    tokens, keep, resid, layer = read_contexts(model, hook_name, corpus, n_contexts, context_size, exclude_first,
+                                               prepend_bos, batch_contexts)
     partial = EvalSet(tokens, keep, resid, layer, hook_name, float("nan"), float("nan"))
     ce_clean = cross_entropy_with(model, partial, resid[keep], batch_contexts)
     ce_zero = cross_entropy_with(model, partial, torch.zeros_like(resid[keep]), batch_contexts)

@@ -85,7 +85,7 @@ SAE_KINDS = ("vanilla", "matryoshka")
 # below this an event counts as impossible (the tolerance FeatureTree allows on probability sums)
 _IMPOSSIBLE = 1e-9
 # a parent's latent's normal size is the median over the samples where it fires alone: want a few
-_MIN_EXPECTED_ALONE = 20
+_MIN_EXPECTED_ALONE = 5
 
 
 def check_config(config: ToyExperimentConfig) -> None:

@@ -73,15 +73,21 @@ def save_browser(view, path: str | Path) -> Path:
     return path
 
 
+def find_chromium() -> str | None:
+    """The path of an installed Chromium (or Chrome), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
 def screenshot(page: str | Path, png: str | Path, node: str | None = None, size: tuple[int, int] = (1280, 760),
                browser: str | None = None) -> Path:
     """A PNG of the page (opened at ``node``, a key "level:latent", when given) taken by headless
     Chromium; raises ``FileNotFoundError`` when no Chromium is installed."""
-    import shutil
     import subprocess
     import tempfile
 
-    browser = browser or shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    browser = browser or find_chromium()
     if browser is None:
         raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
     url = Path(page).resolve().as_uri() + (f"#latent={node}" if node else "")
