@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -82,11 +83,14 @@ def train_reference(module: ModuleType, config: ToyExperimentConfig, kind: str) 
     matryoshka = kind == "matryoshka"
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    sae = module.MatryoshkaSAE(
-        d_model=data.d_model, n_latents=data.tree.n_features, n_prefixes=config.n_prefixes if matryoshka else 1,
-        target_l0=target, n_steps=config.steps, lr=config.lr, permute_latents=matryoshka, sparsity_type="l1",
-        starting_sparsity_loss_scale=STARTING_L1,
-    )
+    with warnings.catch_warnings():
+        # its GradScaler("cuda") warns on a CPU-only torch (and the warning names the checkout's path)
+        warnings.filterwarnings("ignore", message=".*GradScaler.*", category=UserWarning)
+        sae = module.MatryoshkaSAE(
+            d_model=data.d_model, n_latents=data.tree.n_features, n_prefixes=config.n_prefixes if matryoshka else 1,
+            target_l0=target, n_steps=config.steps, lr=config.lr, permute_latents=matryoshka, sparsity_type="l1",
+            starting_sparsity_loss_scale=STARTING_L1,
+        )
     for _ in range(config.steps):
         sae.step(data.next_batch())
     return ReferenceAdapter(sae)
