@@ -198,7 +198,7 @@ def two_way_split(gen):
 
 TOY = [
     pytest.param(lambda g: {"tree": node(1.0, node(0.3, node(0.4), node(0.2)), read_out=False)},
-                 "n_prefixes=10 but the tree has 3 features", id="fewer-features-than-prefixes"),
+                 r"n_prefixes=10 but the SAEs have 3 latents \(1 per feature of the tree.s 3\)", id="fewer-features-than-prefixes"),
     pytest.param(lambda g: {"tree": node(1.0, node(0.3, *(node(p) for p in two_way_split(g)), exclusive=True,
                                                     name="animal"), *(node(0.1) for _ in range(8)), read_out=False)},
                  r"parent feature 'animal' at root.children\[0\] never fires without a child feature.*"

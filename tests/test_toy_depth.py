@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from msae.experiments import profiles, toy
-from msae.experiments.toy_depth import level_rows
+from msae.experiments.toy_depth import VARIANTS, level_rows, run_variants, variant_rows
 from msae.experiments.toy_reference import ReferenceAdapter, load_reference, run_reference
 
 STAND_IN = '''
@@ -121,3 +121,56 @@ def test_level_rows_average_each_level_over_seeds():
     last = next(r for r in rows if r["sae"] == "matryoshka" and r["level"] == 2)
     assert last["absorption"] is None and last["cosine"] == pytest.approx(0.7)
     assert np.isclose(last["mean cosine (tree)"], 1.0)
+
+
+def test_each_variant_changes_its_own_setting_and_keeps_the_paper_runs_names():
+    base = profiles.toy_config("smoke", tree="depth2")
+    data = toy.make_data(base)
+    n_features = data.tree.n_features
+    names = {name: make(base).run_name() for name, make in VARIANTS.items()}
+    assert names["paper settings"] == base.run_name() and len(set(names.values())) == len(VARIANTS)
+    saes = {name: toy.make_sae("matryoshka", make(base), data).config for name, make in VARIANTS.items()}
+    assert saes["paper settings"].d_sae == n_features and saes["paper settings"].sort_latents
+    assert saes["every prefix end"].n_prefixes == n_features
+    assert saes["uniform prefix ends"].pareto_exponent > 0.9
+    assert not saes["no latent sorting"].sort_latents
+    assert saes["2 latents per feature"].d_sae == 2 * n_features
+    assert VARIANTS["2.5x steps"](base).steps == int(2.5 * base.steps)
+    assert VARIANTS["lr / 3"](base).lr == pytest.approx(base.lr / 3)
+    # the vanilla SAE has one prefix and no sorting whatever the variant says
+    vanilla = toy.make_sae("vanilla", VARIANTS["every prefix end"](base), data).config
+    assert vanilla.n_prefixes == 1 and not vanilla.sort_latents
+
+
+def test_bad_variant_settings_are_refused_before_training(tmp_path):
+    config = profiles.toy_config("smoke", tree="depth2", steps=5)
+    with pytest.raises(ValueError, match="unknown variants"):
+        run_variants(config, ["depth2"], [0], ["paper settings", "more magic"], tmp_path)
+    with pytest.raises(ValueError, match="latents_per_feature"):
+        toy.check_config(profiles.toy_config("smoke", tree="depth2", latents_per_feature=0))
+    with pytest.raises(ValueError, match="at most 30 prefixes"):
+        toy.check_config(profiles.toy_config("smoke", tree="depth2", latents_per_feature=2, n_prefixes=31))
+    toy.check_config(profiles.toy_config("smoke", tree="depth2", latents_per_feature=2, n_prefixes=30))
+    with pytest.raises(ValueError, match="kinds"):
+        toy.train_toy_saes(config, tmp_path, progress=False, kinds=("topk",))
+    assert not (tmp_path / "toy").exists()
+
+
+def test_variant_study_trains_only_matryoshka_and_averages_over_seeds(tmp_path):
+    config = profiles.toy_config("smoke", steps=40, warmup_steps=5, eval_samples=2000)
+    variants = ["paper settings", "2 latents per feature"]
+    results = run_variants(config, ["depth2"], [0, 1], variants, tmp_path, progress=False)
+    for variant in variants:
+        run_dir = tmp_path / "toy" / VARIANTS[variant](toy.replace(config, tree="depth2", seed=0)).run_name()
+        assert sorted(p.name for p in run_dir.iterdir()) == ["matryoshka"]
+    rows = variant_rows(results)
+    assert [(r["variant"], r["tree"]) for r in rows] == [(v, "depth2") for v in variants]
+    for row in rows:
+        evaluations = results[row["variant"]]["depth2"]
+        summaries = [toy.summary(e) for e in evaluations.values()]
+        assert row["absorption L0"] == pytest.approx(np.mean([s["absorption_L0"] for s in summaries]))
+        assert row["min cosine"] == pytest.approx(np.mean([s["min_matched_cosine"] for s in summaries]))
+        dead = [sum(1 for j in range(e.latent_acts.shape[1]) if not bool((e.latent_acts[:, j] > 0).any()))
+                for e in evaluations.values()]
+        assert row["dead"] == pytest.approx(np.mean(dead)) and row["seeds"] == 2
+    assert results["2 latents per feature"]["depth2"][0].latent_acts.shape[1] == 30

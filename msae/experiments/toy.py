@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,10 @@ class ToyExperimentConfig:
         l1_warmup_fraction: the fraction of steps over which the L1 penalty ramps up.
         seed: the seed of the data and the SAEs (``run`` replaces it per seed).
         eval_samples: fresh samples the SAEs are evaluated on.
+        latents_per_feature: the SAEs' latents per true feature (the paper: 1).
+        sort_latents: whether the Matryoshka SAE keeps its latents sorted by use (the paper: yes).
+        pareto_exponent: the exponent of the truncated Pareto law the Matryoshka SAE draws its
+            prefix ends from (the paper's 0.5; towards 1 the law becomes uniform).
     """
 
     tree: str | dict = "paper"
@@ -55,14 +60,23 @@ class ToyExperimentConfig:
     l1_warmup_fraction: float = 0.2
     seed: int = 0
     eval_samples: int = 20_000
+    latents_per_feature: int = 1
+    sort_latents: bool = True
+    pareto_exponent: float = 0.5
 
     def run_name(self) -> str:
         """A short stable hash of the config: changing any parameter, or the tree's content (a
-        JSON file edited in place included), gives a new run folder."""
+        JSON file edited in place included), gives a new run folder. Fields added after runs were
+        cached leave the hash alone at their default, so those runs are still found."""
         fields = {**asdict(self), "tree": tree_key(self.tree)}
+        for name, default in _UNHASHED_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
+
+_UNHASHED_DEFAULTS = {"latents_per_feature": 1, "sort_latents": True, "pareto_exponent": 0.5}
 
 # sha256 of the paper tree's content (sorted-key JSON of paper_tree().to_dict()) when run names
 # hashed the tree spec itself, i.e. the name "paper": that content keeps hashing as "paper", so
@@ -93,10 +107,13 @@ def check_config(config: ToyExperimentConfig) -> None:
     any, so a bad tree costs nothing. The evaluation measures parent absorption, which needs every
     parent feature to fire sometimes without its children and some to fire with one."""
     tree = FeatureTree(load_tree(config.tree))  # bad probabilities, keys or sums > 1
-    if config.n_prefixes > tree.n_features:
+    if config.latents_per_feature < 1:
+        raise ValueError(f"latents_per_feature must be >= 1, got {config.latents_per_feature}")
+    d_sae = config.latents_per_feature * tree.n_features
+    if config.n_prefixes > d_sae:
         raise ValueError(
-            f"n_prefixes={config.n_prefixes} but the tree has {tree.n_features} features: the SAEs have one "
-            f"latent per feature, so at most {tree.n_features} prefixes (lower n_prefixes or grow the tree)"
+            f"n_prefixes={config.n_prefixes} but the SAEs have {d_sae} latents ({config.latents_per_feature} per "
+            f"feature of the tree's {tree.n_features}): at most {d_sae} prefixes (lower n_prefixes or grow the tree)"
         )
     pairs = tree.parent_alone_probabilities()
     if not pairs:
@@ -134,6 +151,12 @@ def make_data(config: ToyExperimentConfig) -> ToyData:
     return ToyData(tree, d_model=config.d_model, batch_size=config.batch_size, seed=config.seed)
 
 
+def _check_kinds(kinds: Sequence[str]) -> None:
+    unknown = [kind for kind in kinds if kind not in SAE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty selection of {SAE_KINDS}, got {list(kinds)}")
+
+
 def make_sae(kind: str, config: ToyExperimentConfig, data: ToyData) -> L1SAE:
     """The vanilla SAE has one prefix (the whole dictionary); the Matryoshka SAE samples
     ``n_prefixes`` per batch and keeps its latents sorted by use, as in the original toy code."""
@@ -144,11 +167,12 @@ def make_sae(kind: str, config: ToyExperimentConfig, data: ToyData) -> L1SAE:
     return L1SAE(
         L1Config(
             d_in=data.d_model,
-            d_sae=data.tree.n_features,
+            d_sae=config.latents_per_feature * data.tree.n_features,
             target_l0=target,
             l1_warmup_steps=int(config.l1_warmup_fraction * config.steps),
             n_prefixes=config.n_prefixes if matryoshka else 1,
-            sort_latents=matryoshka,
+            pareto_exponent=config.pareto_exponent,
+            sort_latents=matryoshka and config.sort_latents,
             seed=config.seed,
         )
     )
@@ -171,13 +195,15 @@ def train_config(config: ToyExperimentConfig, d_model: int) -> TrainConfig:
 
 
 def train_toy_saes(
-    config: ToyExperimentConfig, runs_dir: str | Path, progress: bool = True
+    config: ToyExperimentConfig, runs_dir: str | Path, progress: bool = True, kinds: Sequence[str] = SAE_KINDS
 ) -> dict[str, SparseAutoencoder]:
-    """Train (or reload, if already trained) both SAEs under ``runs_dir/toy/<run name>/``."""
+    """Train (or reload, if already trained) the SAEs of ``kinds`` (both by default) under
+    ``runs_dir/toy/<run name>/``."""
     check_config(config)  # the Matryoshka SAE's config would otherwise fail after the vanilla one trained
+    _check_kinds(kinds)
     run_dir = Path(runs_dir) / "toy" / config.run_name()
     saes = {}
-    for kind in SAE_KINDS:
+    for kind in kinds:
         data = make_data(config)  # each SAE sees the same stream of batches
         result = train(make_sae(kind, config, data), data, train_config(config, data.d_model), run_dir / kind, progress, kind)
         saes[kind] = result.sae.eval()
@@ -267,9 +293,11 @@ def summary(evaluation: ToyEvaluation) -> dict[str, float]:
 
 
 def run(
-    config: ToyExperimentConfig, seeds: list[int], runs_dir: str | Path, progress: bool = True
+    config: ToyExperimentConfig, seeds: list[int], runs_dir: str | Path, progress: bool = True,
+    kinds: Sequence[str] = SAE_KINDS,
 ) -> dict[int, dict[str, ToyEvaluation]]:
-    """Train (or reload) both SAEs for every seed and evaluate them: ``{seed: {kind: evaluation}}``."""
+    """Train (or reload) the SAEs of ``kinds`` (both by default) for every seed and evaluate them:
+    ``{seed: {kind: evaluation}}``."""
     seeds = list(seeds)
     if not seeds:  # the tables and plots of an empty result fail far from the cause
         raise ValueError("seeds is empty: give at least one seed to train and evaluate")
@@ -278,7 +306,7 @@ def run(
     for seed in seeds:
         seeded = replace(config, seed=seed)
         data = make_data(seeded)
-        saes = train_toy_saes(seeded, runs_dir, progress)
+        saes = train_toy_saes(seeded, runs_dir, progress, kinds)
         evaluations[seed] = {kind: evaluate(sae, data, config.eval_samples) for kind, sae in saes.items()}
     return evaluations
 

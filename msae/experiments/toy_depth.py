@@ -1,11 +1,13 @@
 """The toy model beyond two levels (notebook 19): vanilla and Matryoshka SAEs on trees of depth
 2, 3 and 4 (``msae.data.toy.hierarchy_tree``), several seeds each, with the matched cosine and
 the parent absorption of every level, beside the paper authors' reference toy code run on the
-same trees, seeds and batches (:mod:`msae.experiments.toy_reference`)."""
+same trees, seeds and batches (:mod:`msae.experiments.toy_reference`); and the Matryoshka SAE
+under changes to the paper's settings, one at a time (:data:`VARIANTS`), to find what it takes
+to recover a deeper tree."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,24 @@ from . import toy
 from .toy import SAE_KINDS, ToyEvaluation, ToyExperimentConfig
 
 DEPTH_TREES = ("depth2", "depth3", "depth4")
+
+
+def _every_prefix_end(config: ToyExperimentConfig) -> ToyExperimentConfig:
+    d_sae = config.latents_per_feature * FeatureTree(load_tree(config.tree)).n_features
+    return replace(config, n_prefixes=d_sae)
+
+
+# Changes to the paper's toy settings, each applied alone to the Matryoshka SAE: the levers the
+# paper's setup has (prefixes, their law, latent order, steps, learning rate, dictionary size).
+VARIANTS: dict[str, Callable[[ToyExperimentConfig], ToyExperimentConfig]] = {
+    "paper settings": lambda config: config,
+    "every prefix end": _every_prefix_end,  # all d_sae nested losses in every batch
+    "uniform prefix ends": lambda config: replace(config, pareto_exponent=0.99),  # not favouring short ones
+    "no latent sorting": lambda config: replace(config, sort_latents=False),
+    "2.5x steps": lambda config: replace(config, steps=int(2.5 * config.steps)),
+    "lr / 3": lambda config: replace(config, lr=config.lr / 3),
+    "2 latents per feature": lambda config: replace(config, latents_per_feature=2),
+}
 
 
 def run_depths(config: ToyExperimentConfig, trees: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
@@ -55,3 +75,41 @@ def _summary(evaluation: ToyEvaluation | dict[str, float]) -> dict[str, float]:
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def run_variants(config: ToyExperimentConfig, trees: Sequence[str], seeds: Sequence[int], variants: Sequence[str],
+                 runs_dir: str | Path, progress: bool = True) -> dict[str, dict[str, dict[int, ToyEvaluation]]]:
+    """The Matryoshka toy SAE under each of ``variants`` (names in :data:`VARIANTS`) on each tree
+    and seed: ``{variant: {tree: {seed: evaluation}}}``. Every config is checked before any trains."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    configs = {(v, tree): VARIANTS[v](replace(config, tree=tree)) for v in variants for tree in trees}
+    for c in configs.values():
+        toy.check_config(c)
+    out: dict[str, dict[str, dict[int, ToyEvaluation]]] = {v: {} for v in variants}
+    for (v, tree), c in configs.items():
+        runs = toy.run(c, seeds, runs_dir, progress, kinds=("matryoshka",))
+        out[v][tree] = {seed: by_kind["matryoshka"] for seed, by_kind in runs.items()}
+    return out
+
+
+def variant_rows(results: dict[str, dict[str, dict[int, ToyEvaluation]]]) -> list[dict[str, Any]]:
+    """One row per (variant, tree): the mean over seeds of each level's parent absorption
+    (``absorption L<d>``), of the mean and min matched cosine, and of the latents that never fire
+    on the evaluation samples (``dead``)."""
+    rows = []
+    for variant, by_tree in results.items():
+        for tree, by_seed in by_tree.items():
+            evaluations = list(by_seed.values())
+            summaries = [toy.summary(e) for e in evaluations]
+            row: dict[str, Any] = {"variant": variant, "tree": tree}
+            levels = sorted({int(k[len("absorption_L"):]) for s in summaries for k in s if k.startswith("absorption_L")})
+            for level in levels:
+                row[f"absorption L{level}"] = _mean(s.get(f"absorption_L{level}") for s in summaries)
+            row["mean cosine"] = _mean(s["mean_matched_cosine"] for s in summaries)
+            row["min cosine"] = _mean(s["min_matched_cosine"] for s in summaries)
+            row["dead"] = _mean(float((e.latent_acts > 0).sum(0).eq(0).sum()) for e in evaluations)
+            row["seeds"] = len(evaluations)
+            rows.append(row)
+    return rows
