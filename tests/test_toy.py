@@ -114,6 +114,22 @@ def test_hierarchy_tree_levels_depths_and_probabilities():
         hierarchy_tree(0)
 
 
+def test_paper3_is_the_paper_tree_one_level_deeper():
+    from msae.data.toy import load_tree, paper_tree
+
+    paper, deeper = FeatureTree(paper_tree()), FeatureTree(load_tree("paper3"))
+    assert deeper.depth == 3 and paper.depth == 2
+    tops = [f for f in range(deeper.n_features) if deeper.feature_depth[f] <= 1]
+    # its first two levels and the independent features fire as the paper tree's do
+    assert sorted(deeper.feature_probabilities()[tops].tolist()) == pytest.approx(
+        sorted(paper.feature_probabilities().tolist()))
+    for parent in (f for f in range(deeper.n_features) if deeper.descendants(f)):
+        children = [c for c in range(deeper.n_features) if deeper.parent_feature[c] == parent]
+        assert len(children) == 3
+        ratio = deeper.feature_probabilities()[children] / deeper.feature_probabilities()[parent]
+        assert ratio.tolist() == pytest.approx([0.2] * 3)
+
+
 class _LinearSAE:
     """Reads each feature with its dual direction: an SAE whose latents are the true features,
     except where the encoder is told to subtract other features (absorption planted by hand)."""

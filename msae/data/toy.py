@@ -124,6 +124,9 @@ NAMED_TREES = {
     "depth2": lambda: hierarchy_tree(2),
     "depth3": lambda: hierarchy_tree(3),
     "depth4": lambda: hierarchy_tree(4),
+    # the paper tree's branching and probabilities (3 children of 0.2 each, roots 0.15, 8
+    # singles) one level deeper: does depth fail, or the depth trees' 2 children of 0.35?
+    "paper3": lambda: hierarchy_tree(3, n_roots=3, branching=3, root_prob=0.15, child_prob=0.2, n_singles=8),
 }
 
 

@@ -16,7 +16,7 @@ from ..data.toy import FeatureTree, load_tree
 from . import toy
 from .toy import SAE_KINDS, ToyEvaluation, ToyExperimentConfig
 
-DEPTH_TREES = ("depth2", "depth3", "depth4")
+DEPTH_TREES = ("depth2", "depth3", "depth4", "paper3")
 
 
 def _every_prefix_end(config: ToyExperimentConfig) -> ToyExperimentConfig:
