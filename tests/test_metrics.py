@@ -70,6 +70,43 @@ def test_partial_absorption_counts_only_the_absorbed_samples(gen):
     assert metrics.parent_absorption_rate(latent_acts, true, [-1, 0, 0], match) == pytest.approx(expected)
 
 
+def test_parent_coverage_finds_the_parent_latent_wherever_the_matching_put_it(gen):
+    latent_acts, true = toy_acts(gen, absorbing=True)  # latent 0 absorbed by the children
+    with_child = true[:, 1:].sum(1) > 0
+    parent = true[:, 0] > 0
+    # latent 3 follows the parent everywhere, latents 4, 5 are "parent or child 1/2" composites
+    extra = torch.stack([parent.float(), (parent & (true[:, 2] == 0)).float(), (parent & (true[:, 1] == 0)).float()], 1)
+    extra *= 1 + 0.05 * torch.rand(extra.shape, generator=gen)
+    with_parent_latent = metrics.parent_coverage(torch.cat([latent_acts, extra], 1), true, [-1, 0, 0])
+    assert with_parent_latent == {0: 1.0}
+    composites = metrics.parent_coverage(torch.cat([latent_acts, extra[:, 1:]], 1), true, [-1, 0, 0])
+    share = max(float(true[with_child, c].mean()) for c in (1, 2))  # the larger child's share
+    assert composites[0] == pytest.approx(share)
+    # absorbed: the parent's latent is silent with a child, the children's silent without one
+    assert metrics.parent_coverage(latent_acts, true, [-1, 0, 0]) == {0: 0.0}
+
+
+def test_parent_coverage_matches_a_brute_force_loop(gen):
+    n, d_sae = 800, 7
+    parent = torch.rand(n, generator=gen) < 0.5
+    child = torch.randint(0, 3, (n,), generator=gen)
+    true = torch.stack([parent, parent & (child == 1), parent & (child == 2)], 1).float()
+    acts = torch.rand(n, d_sae, generator=gen) * (torch.rand(n, d_sae, generator=gen) < 0.6)
+    acts[:, 6] = 0.0  # never fires: cannot cover
+    got = metrics.parent_coverage(acts, true, [-1, 0, 0], min_fraction=0.3)
+    p = true[:, 0].numpy() > 0
+    c = true[:, 1:].numpy().sum(1) > 0
+    a = acts.double().numpy()
+    best = 0.0
+    for j in range(d_sae):
+        normal = float(np.sort(a[p & ~c, j])[(int((p & ~c).sum()) - 1) // 2])  # the lower median, as torch takes it
+        if normal <= 0:
+            continue
+        fires = a[:, j] >= 0.3 * normal
+        best = max(best, min(fires[p & ~c].mean(), fires[p & c].mean()))
+    assert got[0] == pytest.approx(best, rel=1e-12)
+
+
 def test_mean_max_decoder_cosine_matches_brute_force_in_blocks(gen):
     W = torch.randn(70, 8, generator=gen)
     unit = (W / W.norm(dim=1, keepdim=True)).double().numpy()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from msae.experiments import profiles, toy
-from msae.experiments.toy_depth import VARIANTS, level_rows, run_variants, variant_rows
+from msae.experiments.toy_depth import VARIANTS, coverage_rows, level_rows, run_variants, variant_rows
 from msae.experiments.toy_reference import ReferenceAdapter, load_reference, run_reference
 
 STAND_IN = '''
@@ -168,9 +168,33 @@ def test_variant_study_trains_only_matryoshka_and_averages_over_seeds(tmp_path):
     for row in rows:
         evaluations = results[row["variant"]]["depth2"]
         summaries = [toy.summary(e) for e in evaluations.values()]
-        assert row["absorption L0"] == pytest.approx(np.mean([s["absorption_L0"] for s in summaries]))
+        assert row["absorption L0"] == pytest.approx(np.mean([e.absorption_by_depth[0] for e in evaluations.values()]))
+        assert 0 <= row["covered L0"] <= 1
         assert row["min cosine"] == pytest.approx(np.mean([s["min_matched_cosine"] for s in summaries]))
         dead = [sum(1 for j in range(e.latent_acts.shape[1]) if not bool((e.latent_acts[:, j] > 0).any()))
                 for e in evaluations.values()]
         assert row["dead"] == pytest.approx(np.mean(dead)) and row["seeds"] == 2
     assert results["2 latents per feature"]["depth2"][0].latent_acts.shape[1] == 30
+
+
+def _planted(data, latent_acts, true_acts):
+    # only what the coverage rows read; absorption per level as a marker
+    return toy.ToyEvaluation(true_acts, latent_acts, None, None, None, None, None, {0: 0.25, 1: 0.5}, None, None, None)
+
+
+def test_coverage_rows_find_parents_by_level(gen):
+    data = toy.make_data(profiles.toy_config("smoke", tree="depth3"))
+    true_acts, _ = data.sample(6000, gen)
+    tree = data.tree
+    perfect = true_acts * (1 + 0.05 * torch.rand(true_acts.shape, generator=gen))
+    absorbed = perfect.clone()
+    for parent in range(tree.n_features):
+        children = [c for c in range(tree.n_features) if tree.parent_feature[c] == parent]
+        if children and tree.feature_depth[parent] == 0:  # top-level parents silent under a child
+            absorbed[true_acts[:, children].sum(1) > 0, parent] = 0.0
+    results = {"depth3": {0: {"vanilla": _planted(data, absorbed, true_acts), "matryoshka": _planted(data, perfect, true_acts)},
+                          1: {"vanilla": _planted(data, absorbed, true_acts), "matryoshka": _planted(data, absorbed, true_acts)}}}
+    rows = {r["sae"]: r for r in coverage_rows(results)}
+    assert rows["vanilla"]["covered L0"] == 0.0 and rows["vanilla"]["covered L1"] == 1.0
+    assert rows["matryoshka"]["covered L0"] == 0.5 and rows["matryoshka"]["covered L1"] == 1.0  # one seed of two
+    assert rows["matryoshka"]["absorption L1"] == 0.5 and "covered L2" not in rows["matryoshka"]  # leaves are no parents

@@ -135,6 +135,44 @@ def parent_absorption_rate(
     return sum(absorbed for absorbed, _ in chosen) / total
 
 
+def parent_coverage(
+    latent_acts: torch.Tensor,
+    true_acts: torch.Tensor,
+    parent_feature: list[int] | torch.Tensor,
+    min_fraction: float = 0.5,
+) -> dict[int, float]:
+    """Per parent feature, without the matching: the best any one latent does at following the
+    parent whatever its children do, ``max over latents of min(r_alone, r_with_child)``, where
+    ``r_alone`` is how often the latent fires on the samples where the parent is active with no
+    child and ``r_with_child`` on those where one of its children is active too. "Fires" is the
+    rule of :func:`parent_absorption_counts` (at least ``min_fraction`` of the latent's median on
+    the parent-alone samples).
+
+    Near 1: some latent is the parent's, whichever feature the matching gave it to. A parent
+    split into latents for "parent or child 1", "parent or child 2", ... scores the largest
+    child's share of the samples with a child; an absorbed parent about 0.
+
+    Args:
+        latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
+        parent_feature: (n_features,) index of each feature's parent, or -1.
+    """
+    parent_feature = torch.as_tensor(parent_feature)
+    coverage = {}
+    for parent in sorted(set(parent_feature.tolist()) - {-1}):
+        children = (parent_feature == parent).nonzero().flatten()
+        parent_on = true_acts[:, parent] > 0
+        child_on = (true_acts[:, children] > 0).any(1)
+        alone, together = latent_acts[parent_on & ~child_on], latent_acts[parent_on & child_on]
+        if alone.shape[0] == 0 or together.shape[0] == 0:
+            raise ValueError(f"parent feature {parent} needs samples both with and without a child active")
+        normal = alone.median(0).values  # (d_sae,)
+        threshold = torch.where(normal > 0, min_fraction * normal, torch.inf)
+        r_alone = (alone >= threshold).double().mean(0)
+        r_with_child = (together >= threshold).double().mean(0)
+        coverage[parent] = float(torch.minimum(r_alone, r_with_child).max())
+    return coverage
+
+
 def mean_max_decoder_cosine(W_dec: torch.Tensor, block: int = 4096) -> float:
     """Mean over latents of the largest cosine between its decoder row and any other row.
     Computed ``block`` rows at a time, so wide dictionaries fit in memory."""

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data.toy import FeatureTree, load_tree
+from ..evals.metrics import parent_coverage
 from . import toy
 from .toy import SAE_KINDS, ToyEvaluation, ToyExperimentConfig
 
 DEPTH_TREES = ("depth2", "depth3", "depth4", "paper3")
+# a parent counts as covered when one latent fires on at least this share of both its samples
+# without a child and its samples with one (``msae.evals.metrics.parent_coverage``)
+COVERED = 0.9
 
 
 def _every_prefix_end(config: ToyExperimentConfig) -> ToyExperimentConfig:
@@ -68,6 +72,38 @@ def level_rows(results: dict[str, dict[int, dict[str, Any]]], implementation: st
     return rows
 
 
+def covered_by_level(evaluation: ToyEvaluation, tree: str) -> dict[int, float]:
+    """The share of each level's parents that some latent covers (:data:`COVERED`), found without
+    the matching: absorption reads the matched latent, and when a parent's latent is matched to
+    one of its children the parent counts as absorbed though a latent follows it."""
+    shape = FeatureTree(load_tree(tree))
+    coverage = parent_coverage(evaluation.latent_acts, evaluation.true_acts, shape.parent_feature)
+    levels: dict[int, list[bool]] = {}
+    for parent, value in coverage.items():
+        levels.setdefault(shape.feature_depth[parent], []).append(value >= COVERED)
+    return {level: sum(flags) / len(flags) for level, flags in sorted(levels.items())}
+
+
+def coverage_rows(results: dict[str, dict[int, dict[str, ToyEvaluation]]]) -> list[dict[str, Any]]:
+    """One row per (tree, SAE) of msae's runs: the mean over seeds of the share of each level's
+    parents covered by some latent (``covered L<d>``) beside their absorption (``absorption L<d>``)."""
+    rows = []
+    for tree, by_seed in results.items():
+        for kind in SAE_KINDS:
+            evaluations = [by_seed[seed][kind] for seed in by_seed]
+            rows.append({"tree": tree, "sae": kind, **_level_columns(tree, evaluations)})
+    return rows
+
+
+def _level_columns(tree: str, evaluations: list[ToyEvaluation]) -> dict[str, float | None]:
+    covered = [covered_by_level(e, tree) for e in evaluations]
+    columns: dict[str, float | None] = {}
+    for level in sorted(covered[0]):
+        columns[f"absorption L{level}"] = _mean(e.absorption_by_depth.get(level) for e in evaluations)
+        columns[f"covered L{level}"] = _mean(c[level] for c in covered)
+    return columns
+
+
 def _summary(evaluation: ToyEvaluation | dict[str, float]) -> dict[str, float]:
     return evaluation if isinstance(evaluation, dict) else toy.summary(evaluation)
 
@@ -96,17 +132,15 @@ def run_variants(config: ToyExperimentConfig, trees: Sequence[str], seeds: Seque
 
 def variant_rows(results: dict[str, dict[str, dict[int, ToyEvaluation]]]) -> list[dict[str, Any]]:
     """One row per (variant, tree): the mean over seeds of each level's parent absorption
-    (``absorption L<d>``), of the mean and min matched cosine, and of the latents that never fire
-    on the evaluation samples (``dead``)."""
+    (``absorption L<d>``) and share of parents covered (``covered L<d>``, :func:`covered_by_level`),
+    of the mean and min matched cosine, and of the latents that never fire on the evaluation
+    samples (``dead``)."""
     rows = []
     for variant, by_tree in results.items():
         for tree, by_seed in by_tree.items():
             evaluations = list(by_seed.values())
             summaries = [toy.summary(e) for e in evaluations]
-            row: dict[str, Any] = {"variant": variant, "tree": tree}
-            levels = sorted({int(k[len("absorption_L"):]) for s in summaries for k in s if k.startswith("absorption_L")})
-            for level in levels:
-                row[f"absorption L{level}"] = _mean(s.get(f"absorption_L{level}") for s in summaries)
+            row: dict[str, Any] = {"variant": variant, "tree": tree, **_level_columns(tree, evaluations)}
             row["mean cosine"] = _mean(s["mean_matched_cosine"] for s in summaries)
             row["min cosine"] = _mean(s["min_matched_cosine"] for s in summaries)
             row["dead"] = _mean(float((e.latent_acts > 0).sum(0).eq(0).sum()) for e in evaluations)
