@@ -84,6 +84,9 @@ def test_parent_coverage_finds_the_parent_latent_wherever_the_matching_put_it(ge
     assert composites[0] == pytest.approx(share)
     # absorbed: the parent's latent is silent with a child, the children's silent without one
     assert metrics.parent_coverage(latent_acts, true, [-1, 0, 0]) == {0: 0.0}
+    # a latent firing on every sample follows the parent alone and with a child, but not only it
+    everywhere = torch.cat([latent_acts, torch.ones(true.shape[0], 1)], 1)
+    assert metrics.parent_coverage(everywhere, true, [-1, 0, 0])[0] == pytest.approx(float(parent.float().mean()))
 
 
 def test_parent_coverage_matches_a_brute_force_loop(gen):
@@ -92,6 +95,7 @@ def test_parent_coverage_matches_a_brute_force_loop(gen):
     child = torch.randint(0, 3, (n,), generator=gen)
     true = torch.stack([parent, parent & (child == 1), parent & (child == 2)], 1).float()
     acts = torch.rand(n, d_sae, generator=gen) * (torch.rand(n, d_sae, generator=gen) < 0.6)
+    acts[:, 5] *= true[:, 0]  # fires only with the parent: precision 1
     acts[:, 6] = 0.0  # never fires: cannot cover
     got = metrics.parent_coverage(acts, true, [-1, 0, 0], min_fraction=0.3)
     p = true[:, 0].numpy() > 0
@@ -103,7 +107,8 @@ def test_parent_coverage_matches_a_brute_force_loop(gen):
         if normal <= 0:
             continue
         fires = a[:, j] >= 0.3 * normal
-        best = max(best, min(fires[p & ~c].mean(), fires[p & c].mean()))
+        precision = (fires & p).sum() / max(fires.sum(), 1)
+        best = max(best, min(fires[p & ~c].mean(), fires[p & c].mean(), precision))
     assert got[0] == pytest.approx(best, rel=1e-12)
 
 

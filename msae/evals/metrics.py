@@ -142,15 +142,17 @@ def parent_coverage(
     min_fraction: float = 0.5,
 ) -> dict[int, float]:
     """Per parent feature, without the matching: the best any one latent does at following the
-    parent whatever its children do, ``max over latents of min(r_alone, r_with_child)``, where
+    parent whatever its children do, ``max over latents of min(r_alone, r_with_child, precision)``:
     ``r_alone`` is how often the latent fires on the samples where the parent is active with no
-    child and ``r_with_child`` on those where one of its children is active too. "Fires" is the
-    rule of :func:`parent_absorption_counts` (at least ``min_fraction`` of the latent's median on
-    the parent-alone samples).
+    child, ``r_with_child`` on those where one of its children is active too, and ``precision``
+    the share of the latent's firings where the parent is active (so an ancestor's latent, which
+    fires on all of the parent's samples and more, does not count). "Fires" is the rule of
+    :func:`parent_absorption_counts` (at least ``min_fraction`` of the latent's median on the
+    parent-alone samples).
 
     Near 1: some latent is the parent's, whichever feature the matching gave it to. A parent
     split into latents for "parent or child 1", "parent or child 2", ... scores the largest
-    child's share of the samples with a child; an absorbed parent about 0.
+    child's share of the samples with a child; an absorbed parent 0.
 
     Args:
         latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
@@ -162,14 +164,16 @@ def parent_coverage(
         children = (parent_feature == parent).nonzero().flatten()
         parent_on = true_acts[:, parent] > 0
         child_on = (true_acts[:, children] > 0).any(1)
-        alone, together = latent_acts[parent_on & ~child_on], latent_acts[parent_on & child_on]
-        if alone.shape[0] == 0 or together.shape[0] == 0:
+        alone = latent_acts[parent_on & ~child_on]
+        if alone.shape[0] == 0 or not bool((parent_on & child_on).any()):
             raise ValueError(f"parent feature {parent} needs samples both with and without a child active")
         normal = alone.median(0).values  # (d_sae,)
         threshold = torch.where(normal > 0, min_fraction * normal, torch.inf)
-        r_alone = (alone >= threshold).double().mean(0)
-        r_with_child = (together >= threshold).double().mean(0)
-        coverage[parent] = float(torch.minimum(r_alone, r_with_child).max())
+        fires = latent_acts >= threshold  # (N, d_sae)
+        r_alone = fires[parent_on & ~child_on].double().mean(0)
+        r_with_child = fires[parent_on & child_on].double().mean(0)
+        precision = fires[parent_on].double().sum(0) / fires.double().sum(0).clamp(min=1)
+        coverage[parent] = float(torch.minimum(torch.minimum(r_alone, r_with_child), precision).max())
     return coverage
 
 

@@ -18,8 +18,9 @@ from . import toy
 from .toy import SAE_KINDS, ToyEvaluation, ToyExperimentConfig
 
 DEPTH_TREES = ("depth2", "depth3", "depth4", "paper3")
-# a parent counts as covered when one latent fires on at least this share of both its samples
-# without a child and its samples with one (``msae.evals.metrics.parent_coverage``)
+# a parent counts as covered when one latent fires on at least this share of its samples without
+# a child and of those with one, and this share of its firings are on the parent's samples
+# (``msae.evals.metrics.parent_coverage``)
 COVERED = 0.9
 
 
