@@ -114,6 +114,21 @@ def test_hierarchy_tree_levels_depths_and_probabilities():
         hierarchy_tree(0)
 
 
+def test_rare_trees_differ_from_the_depth_trees_only_in_child_probability():
+    from msae.data.toy import load_tree
+
+    for depth in (2, 3):
+        common, rare = FeatureTree(load_tree(f"depth{depth}")), FeatureTree(load_tree(f"depth{depth}-rare"))
+        assert rare.feature_names == common.feature_names and rare.feature_depth == common.feature_depth
+        for f in range(common.n_features):
+            parent = common.parent_feature[f]
+            if parent < 0:
+                assert rare.feature_probabilities()[f] == pytest.approx(float(common.feature_probabilities()[f]))
+            else:
+                assert float(rare.feature_probabilities()[f] / rare.feature_probabilities()[parent]) == pytest.approx(0.2)
+                assert float(common.feature_probabilities()[f] / common.feature_probabilities()[parent]) == pytest.approx(0.35)
+
+
 def test_paper3_is_the_paper_tree_one_level_deeper():
     from msae.data.toy import load_tree, paper_tree
 
