@@ -129,11 +129,12 @@ def test_rare_trees_differ_from_the_depth_trees_only_in_child_probability():
                 assert float(common.feature_probabilities()[f] / common.feature_probabilities()[parent]) == pytest.approx(0.35)
 
 
-def test_paper3_is_the_paper_tree_one_level_deeper():
+@pytest.mark.parametrize("name, depth", [("paper3", 3), ("paper4", 4)])
+def test_paper3_and_paper4_are_the_paper_tree_deeper(name, depth):
     from msae.data.toy import load_tree, paper_tree
 
-    paper, deeper = FeatureTree(paper_tree()), FeatureTree(load_tree("paper3"))
-    assert deeper.depth == 3 and paper.depth == 2
+    paper, deeper = FeatureTree(paper_tree()), FeatureTree(load_tree(name))
+    assert deeper.depth == depth and paper.depth == 2
     tops = [f for f in range(deeper.n_features) if deeper.feature_depth[f] <= 1]
     # its first two levels and the independent features fire as the paper tree's do
     assert sorted(deeper.feature_probabilities()[tops].tolist()) == pytest.approx(

@@ -125,8 +125,9 @@ NAMED_TREES = {
     "depth3": lambda: hierarchy_tree(3),
     "depth4": lambda: hierarchy_tree(4),
     # the paper tree's branching and probabilities (3 children of 0.2 each, roots 0.15, 8
-    # singles) one level deeper: does depth fail, or the depth trees' 2 children of 0.35?
+    # singles) one and two levels deeper: does depth fail, or the depth trees' 2 children of 0.35?
     "paper3": lambda: hierarchy_tree(3, n_roots=3, branching=3, root_prob=0.15, child_prob=0.2, n_singles=8),
+    "paper4": lambda: hierarchy_tree(4, n_roots=3, branching=3, root_prob=0.15, child_prob=0.2, n_singles=8),
     # the depth trees with rarer children (0.2 each, so 0.6 of the time none), all else the same
     "depth2-rare": lambda: hierarchy_tree(2, child_prob=0.2),
     "depth3-rare": lambda: hierarchy_tree(3, child_prob=0.2),

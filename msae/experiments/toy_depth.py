@@ -19,8 +19,9 @@ from .toy import SAE_KINDS, ToyEvaluation, ToyExperimentConfig
 
 DEPTH_TREES = ("depth2", "depth3", "depth4", "paper3")
 # the Matryoshka SAE at the paper's settings on trees that differ in one property of their design:
-# the paper tree against paper3 (depth), depth2/3 against depth2/3-rare (how often children fire)
-DESIGN_TREES = ("paper", "paper3", "depth2", "depth2-rare", "depth3", "depth3-rare")
+# the paper tree against paper3 and paper4 (depth), depth2/3 against depth2/3-rare (how often
+# children fire)
+DESIGN_TREES = ("paper", "paper3", "paper4", "depth2", "depth2-rare", "depth3", "depth3-rare")
 # a parent counts as covered when one latent fires on at least this share of its samples without
 # a child and of those with one, and this share of its firings are on the parent's samples
 # (``msae.evals.metrics.parent_coverage``)
