@@ -79,6 +79,15 @@ def matched_decoder_cosine(W_dec: torch.Tensor, directions: torch.Tensor, matchi
     return cosines[matching.latent_of_feature, features]
 
 
+def _parent_samples(true_acts: torch.Tensor, parent_feature: list[int] | torch.Tensor):
+    """For each parent feature: ``(parent, parent_on, child_on)``, (N,) masks of the samples where
+    it is active and where one of its children is."""
+    parent_feature = torch.as_tensor(parent_feature)
+    for parent in sorted(set(parent_feature.tolist()) - {-1}):
+        children = (parent_feature == parent).nonzero().flatten()
+        yield parent, true_acts[:, parent] > 0, (true_acts[:, children] > 0).any(1)
+
+
 def parent_absorption_counts(
     latent_acts: torch.Tensor,
     true_acts: torch.Tensor,
@@ -96,12 +105,8 @@ def parent_absorption_counts(
         latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
         parent_feature: (n_features,) index of each feature's parent, or -1.
     """
-    parent_feature = torch.as_tensor(parent_feature)
     counts = {}
-    for parent in sorted(set(parent_feature.tolist()) - {-1}):
-        children = (parent_feature == parent).nonzero().flatten()
-        parent_on = true_acts[:, parent] > 0
-        child_on = (true_acts[:, children] > 0).any(1)
+    for parent, parent_on, child_on in _parent_samples(true_acts, parent_feature):
         act = latent_acts[:, matching.latent_of_feature[parent]]
         alone = act[parent_on & ~child_on]
         if alone.numel() == 0:
@@ -158,12 +163,8 @@ def parent_coverage(
         latent_acts: (N, d_sae); true_acts: (N, n_features) 0/1.
         parent_feature: (n_features,) index of each feature's parent, or -1.
     """
-    parent_feature = torch.as_tensor(parent_feature)
     coverage = {}
-    for parent in sorted(set(parent_feature.tolist()) - {-1}):
-        children = (parent_feature == parent).nonzero().flatten()
-        parent_on = true_acts[:, parent] > 0
-        child_on = (true_acts[:, children] > 0).any(1)
+    for parent, parent_on, child_on in _parent_samples(true_acts, parent_feature):
         alone = latent_acts[parent_on & ~child_on]
         if alone.shape[0] == 0 or not bool((parent_on & child_on).any()):
             raise ValueError(f"parent feature {parent} needs samples both with and without a child active")

@@ -109,7 +109,7 @@ def check_config(config: ToyExperimentConfig) -> None:
     tree = FeatureTree(load_tree(config.tree))  # bad probabilities, keys or sums > 1
     if config.latents_per_feature < 1:
         raise ValueError(f"latents_per_feature must be >= 1, got {config.latents_per_feature}")
-    d_sae = config.latents_per_feature * tree.n_features
+    d_sae = sae_width(config)
     if config.n_prefixes > d_sae:
         raise ValueError(
             f"n_prefixes={config.n_prefixes} but the SAEs have {d_sae} latents ({config.latents_per_feature} per "
@@ -151,6 +151,11 @@ def make_data(config: ToyExperimentConfig) -> ToyData:
     return ToyData(tree, d_model=config.d_model, batch_size=config.batch_size, seed=config.seed)
 
 
+def sae_width(config: ToyExperimentConfig) -> int:
+    """The SAEs' number of latents: ``latents_per_feature`` per feature of the tree."""
+    return config.latents_per_feature * FeatureTree(load_tree(config.tree)).n_features
+
+
 def _check_kinds(kinds: Sequence[str]) -> None:
     unknown = [kind for kind in kinds if kind not in SAE_KINDS]
     if unknown or not kinds:
@@ -167,7 +172,7 @@ def make_sae(kind: str, config: ToyExperimentConfig, data: ToyData) -> L1SAE:
     return L1SAE(
         L1Config(
             d_in=data.d_model,
-            d_sae=config.latents_per_feature * data.tree.n_features,
+            d_sae=config.latents_per_feature * data.tree.n_features,  # sae_width without reloading the tree
             target_l0=target,
             l1_warmup_steps=int(config.l1_warmup_fraction * config.steps),
             n_prefixes=config.n_prefixes if matryoshka else 1,

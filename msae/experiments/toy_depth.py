@@ -29,8 +29,7 @@ COVERED = 0.9
 
 
 def _every_prefix_end(config: ToyExperimentConfig) -> ToyExperimentConfig:
-    d_sae = config.latents_per_feature * FeatureTree(load_tree(config.tree)).n_features
-    return replace(config, n_prefixes=d_sae)
+    return replace(config, n_prefixes=toy.sae_width(config))
 
 
 # Changes to the paper's toy settings, each applied alone to the Matryoshka SAE: the levers the
