@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from msae.experiments import profiles, toy
-from msae.experiments.toy_depth import VARIANTS, coverage_rows, level_rows, run_variants, variant_rows
+from msae.experiments.toy_depth import VARIANTS, coverage_rows, level_rows, run_variants, table_columns, variant_rows
 from msae.experiments.toy_reference import ReferenceAdapter, load_reference, run_reference
 
 STAND_IN = '''
@@ -198,3 +198,11 @@ def test_coverage_rows_find_parents_by_level(gen):
     assert rows["vanilla"]["covered L0"] == 0.0 and rows["vanilla"]["covered L1"] == 1.0
     assert rows["matryoshka"]["covered L0"] == 0.5 and rows["matryoshka"]["covered L1"] == 1.0  # one seed of two
     assert rows["matryoshka"]["absorption L1"] == 0.5 and "covered L2" not in rows["matryoshka"]  # leaves are no parents
+
+
+def test_table_columns_put_every_level_in_order_where_the_first_row_has_them():
+    rows = [{"variant": "a", "tree": "paper", "absorption L0": 0.1, "covered L0": 0.9, "dead": 0.0},
+            {"variant": "a", "tree": "paper4", "absorption L0": 0.1, "covered L0": 0.9, "absorption L2": 0.5,
+             "covered L2": 0.2, "absorption L1": 0.3, "covered L1": 0.7, "dead": 3.0}]
+    assert table_columns(rows) == ["variant", "tree", "absorption L0", "covered L0", "absorption L1", "covered L1",
+                                   "absorption L2", "covered L2", "dead"]

@@ -108,6 +108,18 @@ def _level_columns(tree: str, evaluations: list[ToyEvaluation]) -> dict[str, flo
     return columns
 
 
+def table_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``rows`` once, for printing: the per-level columns (``absorption L<d>``,
+    ``covered L<d>``) by level, where the first row has them, wherever trees of different depths
+    add them."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    levels = sorted((k for k in keys if k.startswith(("absorption L", "covered L"))),
+                    key=lambda k: (int(k.rsplit("L", 1)[1]), k.startswith("covered")))
+    first = next((i for i, k in enumerate(keys) if k in levels), len(keys))
+    rest = [k for k in keys if k not in levels]
+    return rest[:first] + levels + rest[first:]
+
+
 def _summary(evaluation: ToyEvaluation | dict[str, float]) -> dict[str, float]:
     return evaluation if isinstance(evaluation, dict) else toy.summary(evaluation)
 
