@@ -19,7 +19,7 @@ from msae.kernels.sparse import (
 )
 from msae.saes.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig
 from msae.saes.prefixes import sample_prefix_ends
-from msae.training.loop import TrainConfig, train
+from msae.training.loop import TrainConfig, optimization_step, train
 
 F64 = torch.float64
 
@@ -186,31 +186,85 @@ class Batches:
         return {"kind": "test batches", "seed": self.seed}
 
 
-# float64 is the proof: the two paths agree to ~1e-15 per step and stay together. In float32
-# their roundoff (~1e-7) can flip the choice between two near-tied entries at the top-k
-# cut-off, after which the runs drift apart slowly (measured up to 1.5e-3 after 120 steps).
-@pytest.mark.parametrize("dtype, rtol, sync_free_auxk", [(F64, 1e-9, False), (F64, 1e-9, True), (torch.float32, 1e-2, False)])
-def test_training_with_sparse_kernels_gives_the_dense_losses(seed, dtype, rtol, sync_free_auxk):
+# float64 is the proof: the two paths agree to ~1e-15 per step and stay together for a whole
+# run. In float32 a whole run is the wrong test: roundoff (~1e-7) grows along the trajectory
+# until it flips a near-tie at the top-k cut-off, after which the runs drift apart (a seed in
+# ~1 of 20 drifted by 0.012 in variance explained after 120 steps). So float32 is checked in
+# lockstep below: every step from the same state, along a whole dense run.
+@pytest.mark.parametrize("sync_free_auxk", [False, True])
+def test_training_with_sparse_kernels_gives_the_dense_losses(seed, sync_free_auxk):
     """Same init, same data: the whole training run (AuxK on dead latents, the threshold EMA,
     Adam, clipping, renormalisation) gives the same losses and weights either way."""
     config = MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
                               dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
-    dense = MatryoshkaBatchTopKSAE(config).to(dtype)
+    dense = MatryoshkaBatchTopKSAE(config).to(F64)
     sparse = copy.deepcopy(dense)
     dense.kernels, sparse.kernels = "dense", "sparse"
     sparse.sync_free_auxk = sync_free_auxk  # True: the GPU's selection, run here on the CPU
     train_config = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
     runs = {}
     for name, sae in (("dense", dense), ("sparse", sparse)):
-        runs[name] = train(sae, Batches(seed, 24, 96, dtype), train_config, progress=False)
+        runs[name] = train(sae, Batches(seed, 24, 96, F64), train_config, progress=False)
     dense_history, sparse_history = runs["dense"].history, runs["sparse"].history
     assert max(entry["dead"] for entry in dense_history) > 0 and max(e["auxk"] for e in dense_history) > 0
     for ours, reference in zip(sparse_history, dense_history):
         for key in ("loss", "mse", "auxk", "l0", "variance_explained"):
-            assert ours[key] == pytest.approx(reference[key], rel=rtol, abs=rtol), key
-    if dtype == F64:
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-            torch.testing.assert_close(getattr(sparse, name), getattr(dense, name), rtol=1e-8, atol=1e-10)
+            assert ours[key] == pytest.approx(reference[key], rel=1e-9, abs=1e-9), key
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(sparse, name), getattr(dense, name), rtol=1e-8, atol=1e-10)
+
+
+def test_float32_sparse_steps_equal_dense_steps_along_a_run(seed):
+    """float32, in lockstep: at each of 120 steps of a dense run (dead latents, AuxK, the
+    threshold EMA and all), a dense and a sparse step taken from that same state give the same
+    loss, statistics, gradients and buffers to float32 roundoff. Measured over 41 seeds x 120
+    steps: relative errors <= 3e-6 (loss, stats), 4e-7 (gradients), buffers equal; the bounds
+    below leave ~30x. Should a step's top-k pick another of two entries tied to roundoff at
+    the cut-off (never seen in those 4,920 steps), the picks must differ only at such ties."""
+    config = MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
+                              dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
+    dense = MatryoshkaBatchTopKSAE(config)
+    dense.kernels = "dense"
+    train_config = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
+    optimizer = torch.optim.Adam(dense.optimizer_groups(), lr=train_config.lr, betas=train_config.betas)
+    data = Batches(seed, 24, 96, torch.float32)
+    compared, auxk_steps = 0, 0
+    for step in range(train_config.steps):
+        x = data.next_batch()
+        twins, outs = {}, {}
+        for kernels in ("dense", "sparse"):
+            twins[kernels] = copy.deepcopy(dense)
+            twins[kernels].kernels = kernels
+            outs[kernels] = twins[kernels].training_step(x, step)
+            outs[kernels].loss.backward()
+        picked_dense, picked_sparse = outs["dense"].dense_acts() > 0, outs["sparse"].dense_acts() > 0
+        if not torch.equal(picked_dense, picked_sparse):
+            pre = dense.pre_activations(x).detach().flatten()
+            cut_off = pre.topk(config.k * x.shape[0]).values[-1]
+            differing = pre[(picked_dense != picked_sparse).flatten()]
+            torch.testing.assert_close(differing, cut_off.expand_as(differing), rtol=1e-5, atol=1e-6)
+        else:
+            compared += 1
+            assert_relative_error_below(outs["sparse"].loss.detach(), outs["dense"].loss.detach(), 1e-4, "loss")
+            for key, value in outs["dense"].stats.items():
+                assert_relative_error_below(outs["sparse"].stats[key].double(), value.double(), 1e-4, key)
+            sparse_parameters = dict(twins["sparse"].named_parameters())
+            for name, parameter in twins["dense"].named_parameters():
+                if parameter.grad is not None:
+                    assert_relative_error_below(sparse_parameters[name].grad, parameter.grad, 1e-5, name)
+            sparse_buffers = dict(twins["sparse"].named_buffers())
+            for name, buffer in twins["dense"].named_buffers():
+                assert_relative_error_below(sparse_buffers[name].double(), buffer.double(), 1e-6, name)
+        auxk_steps += int(outs["dense"].stats["auxk"] > 0)
+        optimization_step(dense, optimizer, x, step, train_config)
+    assert auxk_steps > 0  # the run reached the dead latents' AuxK path
+    assert compared >= train_config.steps - 2
+
+
+def assert_relative_error_below(ours: torch.Tensor, reference: torch.Tensor, bound: float, what: str):
+    """||ours - reference|| <= bound * ||reference|| (both zero passes)."""
+    error, scale = float((ours - reference).norm()), float(reference.norm())
+    assert error <= bound * scale, f"{what}: relative error {error / max(scale, 1e-300):.2e} > {bound:.0e}"
 
 
 def test_kernel_choice(seed):
