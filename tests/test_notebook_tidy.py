@@ -1,6 +1,7 @@
 import json
+import sysconfig
 
-from msae.notebook_tidy import render_carriage_returns, tidy_notebook, tidy_outputs
+from msae.notebook_tidy import REPOSITORY, render_carriage_returns, tidy_notebook, tidy_outputs
 
 
 def test_carriage_returns_keep_the_last_state_of_each_line():
@@ -38,3 +39,14 @@ def test_tidy_notebook_rewrites_in_place(tmp_path):
     cells = json.loads(path.read_text())["cells"]
     assert cells[0] == notebook["cells"][0]
     assert cells[1]["outputs"] == [{"output_type": "stream", "name": "stderr", "text": "step 49"}]
+
+
+def test_warnings_lose_the_machine_paths():
+    """A warning's file path, under the installed packages or the repository, is rewritten
+    relative to them; the rest of the text stays."""
+    site = sysconfig.get_paths()["purelib"]
+    text = (f"{site}/torch/utils/_contextlib.py:124: UserWarning: rows not unit norm\n"
+            f"{REPOSITORY}/msae/evals/absorption.py:9: UserWarning: second\n/usr/share/dict/words stays\n")
+    tidied = tidy_outputs([{"output_type": "stream", "name": "stderr", "text": text}])
+    assert tidied[0]["text"] == ("site-packages/torch/utils/_contextlib.py:124: UserWarning: rows not unit norm\n"
+                                 "msae/evals/absorption.py:9: UserWarning: second\n/usr/share/dict/words stays\n")

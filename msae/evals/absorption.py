@@ -758,7 +758,7 @@ def unit_norm_latents(sae, x: torch.Tensor, chunk_size: int = 1024) -> tuple[tor
     if rescaled:
         warnings.warn(f"the SAE's decoder rows are not unit norm (norms {float(norms.min()):.3g} to "
                       f"{float(norms.max()):.3g}); absorption is measured on the equivalent SAE with unit rows "
-                      "(each latent multiplied by its row's norm)", stacklevel=2)
+                      "(each latent multiplied by its row's norm)", stacklevel=3)  # past no_grad's wrapper
         acts = acts * norms
         W_dec = W_dec / norms[:, None].clamp_min(1e-12)
     return W_dec, acts, rescaled
