@@ -189,6 +189,9 @@ DP_WORKER = textwrap.dedent("""
         sys.exit(3)
     if dist.get_rank() == 1:  # rank 0 wrote the run folder; rank 1's copy must be the same SAE
         torch.save(result.sae.state_dict(), out)
+    # Tear down together: a rank that exits while the other is still saving can make gloo's
+    # teardown abort the slower one ("terminate called without an active exception", seen once).
+    dist.barrier()
     dist.destroy_process_group()
 """)
 
