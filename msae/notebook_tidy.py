@@ -67,9 +67,10 @@ def tidy_notebook(path: str | Path) -> None:
     """Rewrite the notebook at ``path`` in place with its progress output collapsed."""
     path = Path(path)
     notebook = json.loads(path.read_text())
+    prefixes = machine_path_prefixes()
     for cell in notebook["cells"]:
         if cell.get("cell_type") == "code":
-            cell["outputs"] = tidy_outputs(cell.get("outputs", []))
+            cell["outputs"] = tidy_outputs(cell.get("outputs", []), prefixes)
     # nbformat's own layout (indent 1, trailing newline), so diffs stay small.
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 

@@ -186,6 +186,15 @@ class Batches:
         return {"kind": "test batches", "seed": self.seed}
 
 
+KERNEL_RUN_TRAINING = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
+
+
+def kernel_run_config(seed) -> MatryoshkaConfig:
+    """A small Matryoshka SAE whose latents die within KERNEL_RUN_TRAINING (AuxK has work)."""
+    return MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
+                            dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
+
+
 # float64 is the proof: the two paths agree to ~1e-15 per step and stay together for a whole
 # run. In float32 a whole run is the wrong test: roundoff (~1e-7) grows along the trajectory
 # until it flips a near-tie at the top-k cut-off, after which the runs drift apart (a seed in
@@ -195,13 +204,12 @@ class Batches:
 def test_training_with_sparse_kernels_gives_the_dense_losses(seed, sync_free_auxk):
     """Same init, same data: the whole training run (AuxK on dead latents, the threshold EMA,
     Adam, clipping, renormalisation) gives the same losses and weights either way."""
-    config = MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
-                              dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
+    config = kernel_run_config(seed)
     dense = MatryoshkaBatchTopKSAE(config).to(F64)
     sparse = copy.deepcopy(dense)
     dense.kernels, sparse.kernels = "dense", "sparse"
     sparse.sync_free_auxk = sync_free_auxk  # True: the GPU's selection, run here on the CPU
-    train_config = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
+    train_config = KERNEL_RUN_TRAINING
     runs = {}
     for name, sae in (("dense", dense), ("sparse", sparse)):
         runs[name] = train(sae, Batches(seed, 24, 96, F64), train_config, progress=False)
@@ -221,11 +229,10 @@ def test_float32_sparse_steps_equal_dense_steps_along_a_run(seed):
     steps: relative errors <= 3e-6 (loss, stats), 4e-7 (gradients), buffers equal; the bounds
     below leave ~30x. Should a step's top-k pick another of two entries tied to roundoff at
     the cut-off (never seen in those 4,920 steps), the picks must differ only at such ties."""
-    config = MatryoshkaConfig(d_in=24, d_sae=768, k=4, group_sizes=[24, 72, 168, 504], seed=seed % 1000,
-                              dead_after_tokens=1024, threshold_start_step=20, auxk_k=12)
+    config = kernel_run_config(seed)
     dense = MatryoshkaBatchTopKSAE(config)
     dense.kernels = "dense"
-    train_config = TrainConfig(steps=120, warmup_steps=10, log_every=10, lr=2e-3)
+    train_config = KERNEL_RUN_TRAINING
     optimizer = torch.optim.Adam(dense.optimizer_groups(), lr=train_config.lr, betas=train_config.betas)
     data = Batches(seed, 24, 96, torch.float32)
     compared, auxk_steps = 0, 0
