@@ -44,6 +44,31 @@ def test_baselines_carry_their_target_l0_and_the_sweeps_shared_fields(seed):
     assert list(studies.baseline_configs(config, chosen)) == [f"gated_k{config.k_values[0] + 100}"]
 
 
+def test_relu_fixed_takes_the_coefficient_its_controlled_twin_ended_on(seed, tmp_path):
+    config, rng = small_sweep(seed), random.Random(seed)
+    study = studies.StudyConfig(baseline_k_values=rng.sample(range(2, 60), 2))
+    final = {}
+    for k in study.baseline_k_values:
+        history = [{"step": step, "l1_coefficient": rng.uniform(0.01, 2)} for step in range(15, 300, 15)]
+        final[k] = history[-1]["l1_coefficient"]
+        (tmp_path / f"relu_k{k}").mkdir()
+        (tmp_path / f"relu_k{k}" / "history.json").write_text(json.dumps(history))
+    configs = studies.relu_fixed_configs(config, study, tmp_path)
+    baselines = studies.baseline_configs(config, study)
+    assert list(configs) == [f"relu_fixed_k{k}" for k in study.baseline_k_values]
+    for k in study.baseline_k_values:
+        fields = configs[f"relu_fixed_k{k}"]
+        assert fields == {**baselines[f"relu_k{k}"], "l0": None, "l1_coefficient": final[k]}
+        sae = build_sae(fields.pop("architecture"), d_in=8, **fields)
+        assert sae.config.target_l0 is None and sae.l1_coefficient.item() == pytest.approx(final[k])
+    # a plan names them without reading anything; no ReLU baseline, no twin
+    assert studies.study_configs(config, study, "relu_fixed").keys() == configs.keys()
+    assert "l1_coefficient" not in studies.relu_fixed_configs(config, study)[f"relu_fixed_k{study.baseline_k_values[0]}"]
+    assert studies.relu_fixed_configs(config, studies.StudyConfig(baselines=["gated"]), tmp_path) == {}
+    with pytest.raises(FileNotFoundError, match="run the baselines study first"):
+        studies.relu_fixed_configs(config, studies.StudyConfig(baseline_k_values=[61]), tmp_path)
+
+
 def test_scaling_skips_the_sweeps_own_width_and_names_the_others(seed):
     config = small_sweep(seed)
     width = random.Random(seed).choice([w for w in (64, 128, 512, 1024) if w != config.d_sae])  # not the sweep's own
@@ -176,7 +201,7 @@ def test_width_means_average_the_middle_l0s_at_each_width(gen, seed):
 def test_fig5_and_the_l0_table_cover_every_architecture(gen):
     config = profiles.sweep_config("smoke", k_values=[4, 8], matched_k=8)
     names = [f"{a}_k{k}" for a in ARCHITECTURES for k in (4, 8)]
-    names += ["batchtopk_w8_k1", "matryoshka_stop_gradient_k4", "relu_d64_k4"]  # other studies: not in Fig 5
+    names += ["batchtopk_w8_k1", "matryoshka_stop_gradient_k4", "relu_d64_k4", "relu_fixed_k4"]  # other studies: not in Fig 5
     results = fake_results(gen, config, names)
     rows = study_plots.by_architecture(results.rows_at_sweep_width())
     assert [r["sae"] for r in rows] == [f"{a}_k{k}" for a in ARCHITECTURES for k in (4, 8)]
@@ -189,6 +214,20 @@ def test_fig5_and_the_l0_table_cover_every_architecture(gen):
     jumprelu = left.lines[labels.index("JumpReLU")]
     assert list(jumprelu.get_xdata()) == [results.metrics[f"jumprelu_k{k}"]["l0"] for k in (4, 8)]
     assert list(jumprelu.get_ydata()) == [results.metrics[f"jumprelu_k{k}"]["variance_explained"] for k in (4, 8)]
+
+
+def test_training_curves_draw_each_history_in_each_panel(seed):
+    rng = random.Random(seed)
+    histories = {label: [{"step": 15 * (i + 1), "l1_coefficient": rng.uniform(0.01, 2), "l0": rng.uniform(1, 900),
+                          "variance_explained": rng.random()} for i in range(rng.randrange(3, 30))]
+                 for label in ("controller, L0 20", "fixed coefficient, L0 20")}
+    fig = study_plots.training_curves(histories)
+    for ax, key in zip(fig.axes, ("l1_coefficient", "l0", "variance_explained")):
+        assert [line.get_label() for line in ax.lines] == list(histories)
+        for line, history in zip(ax.lines, histories.values()):
+            assert list(line.get_xdata()) == [r["step"] for r in history] and list(line.get_ydata()) == [r[key] for r in history]
+    with pytest.raises(ValueError, match="no training histories"):
+        study_plots.training_curves({})
 
 
 def test_ablation_rows_put_each_arm_beside_the_main_saes(gen):
@@ -225,7 +264,7 @@ def tiny_sweep(tmp_path_factory):
     config = tiny_sweep_config(n_documents=60)
     runs = tmp_path_factory.mktemp("runs")
     model = tiny_model("llama")
-    results = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations"],
+    results = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations", "relu_fixed"],
                               study_config=TINY_STUDY)
     return config, runs, model, results
 
@@ -248,6 +287,13 @@ def test_studies_land_in_the_sweeps_results_and_folder(tiny_sweep):
     assert results.metrics["gated_k4"]["config"]["target_l0"] == 4
     assert results.metrics["matryoshka_stop_gradient_k4"]["config"]["stop_gradient"] is True
     assert len(results.metrics["matryoshka_10groups_k4"]["config"]["group_sizes"]) == 10
+    # the fixed-coefficient ReLU starts from where relu_k4's controller ended and keeps it past the warm-up
+    fixed = results.metrics["relu_fixed_k4"]["config"]
+    final = results.history("relu_k4")[-1]["l1_coefficient"]
+    assert fixed["target_l0"] is None and fixed["l1_coefficient"] == pytest.approx(final, rel=1e-6)
+    warmup = fixed["l1_warmup_steps"]
+    assert {round(r["l1_coefficient"], 6) for r in results.history("relu_fixed_k4") if r["step"] > warmup} == {round(final, 6)}
+    assert results.rows(["relu_fixed_k4"])[0]["target_l0"] is None
     # study SAEs are evaluated at full width only; the main Matryoshka SAE at every prefix
     assert not any("prefixes" in results.metrics[name] for name in expected)
     assert [p["width"] for p in results.metrics["matryoshka_k4"]["prefixes"]] == [1, 3, 7, 15, 32]
@@ -260,6 +306,6 @@ def test_running_the_studies_again_retrains_nothing(tiny_sweep, monkeypatch):
     config, runs, model, results = tiny_sweep
     monkeypatch.setattr(importlib.import_module("msae.experiments.sweep"), "evaluate_sae", lambda *a, **k: pytest.fail("re-evaluated"))
     monkeypatch.setattr(importlib.import_module("msae.training.loop"), "_loop", lambda *a, **k: pytest.fail("retrained"))
-    again = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations"],
+    again = sweep.run_sweep(config, runs, progress=False, model=model, studies=["baselines", "scaling", "ablations", "relu_fixed"],
                             study_config=TINY_STUDY)
     assert again.metrics == results.metrics

@@ -240,6 +240,9 @@ def _describe_study(name: str, sweep: SweepConfig, study: StudyConfig) -> str:
     if name == "scaling":
         widths = sorted({sweep.d_sae, *study.widths})
         return f"widths {_joined(widths)} at L0 {_joined(study.width_k_values)}"
+    if name == "relu_fixed":
+        return (f"ReLU (L1) at the fixed coefficient its L0-{_joined(study.baseline_k_values or sweep.k_values)} "
+                "controllers ended on")
     return f"{len(study.ablation_arms)} ablation arms at L0 {_joined(study.ablation_k_values)}"
 
 

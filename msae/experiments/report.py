@@ -21,3 +21,20 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits:
         "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths)))
         for line in table
     )
+
+
+def training_summary(history: Sequence[dict[str, float]], coefficient: str = "l1_coefficient",
+                     from_step: int = 0) -> dict[str, float]:
+    """Where a penalty-steered run went (``history`` as training logs it): the largest penalty
+    ``coefficient`` and its step, the lowest variance explained at or after ``from_step`` (past
+    the learning-rate warm-up, say) and its step, and the last record's coefficient, L0 and
+    variance explained."""
+    later = [record for record in history if record["step"] >= from_step]
+    if not later:
+        raise ValueError(f"the history has no record at or after step {from_step}")
+    peak = max(history, key=lambda record: record[coefficient])
+    trough = min(later, key=lambda record: record["variance_explained"])
+    last = history[-1]
+    return {"peak coefficient": peak[coefficient], "peak step": peak["step"],
+            "lowest VE": trough["variance_explained"], "lowest VE step": trough["step"],
+            "final coefficient": last[coefficient], "final L0": last["l0"], "final VE": last["variance_explained"]}

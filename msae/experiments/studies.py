@@ -3,7 +3,11 @@
 - ``baselines`` (Fig 5, Table 1): every baseline architecture at each of the sweep's L0s;
 - ``scaling`` (Fig 10): Matryoshka and the baselines at several widths, at the middle L0s;
 - ``ablations`` (Figs 16-19): Matryoshka variants (loss weighting, stop-gradient, number of
-  groups, random prefixes) at the sweep's width.
+  groups, random prefixes) at the sweep's width;
+- ``relu_fixed`` (Fig 5's ReLU, a diagnostic): ReLU (L1) at a fixed coefficient, the one the
+  ``baselines`` study's ReLU SAE of each L0 ended on, with no target-L0 controller (the paper sets
+  a ReLU SAE's L0 by its coefficient). It reads those SAEs' training histories, so it runs after
+  the ``baselines`` study.
 
 Each study is a dict ``name -> SAE fields`` (with an ``architecture`` key, see
 ``msae.saes.registry``) that ``msae.experiments.sweep.run_sweep(..., studies=[...])`` trains and evaluates
@@ -12,12 +16,15 @@ profile are in ``msae.experiments.profiles``; they do not enter the sweep's fold
 retrains the main sweep.
 
 Names (``msae.experiments.names``): ``{architecture}_k{l0}`` for baselines (like the main
-sweep's), ``{architecture}_d{width}_k{l0}`` for other widths, ``{arm}_k{l0}`` for ablation arms.
+sweep's), ``{architecture}_d{width}_k{l0}`` for other widths, ``{arm}_k{l0}`` for ablation arms,
+``relu_fixed_k{l0}`` for the fixed-coefficient twin of ``relu_k{l0}``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..saes.prefixes import group_sizes_from_fractions, validate_group_sizes
@@ -121,17 +128,47 @@ def ablation_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
             for k in study.ablation_k_values for arm in study.ablation_arms}
 
 
+def relu_fixed_configs(sweep, study: StudyConfig, folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """``relu_fixed_k{k}`` for each baseline L0 (none unless the baselines include "relu"): the
+    fields of ``relu_k{k}`` with no target L0, at the coefficient ``relu_k{k}`` ended on (the last
+    one in its history in the sweep's ``folder``). Without ``folder`` (a plan, or the names only)
+    the coefficient is left at the config's default."""
+    if "relu" not in study.baselines:
+        return {}
+    configs = {}
+    for k in study.baseline_k_values or sweep.k_values:
+        fields = dict(architecture_fields(sweep, "relu", sweep.d_sae, k), l0=None)
+        if folder is not None:
+            fields["l1_coefficient"] = final_l1_coefficient(Path(folder) / sae_name("relu", k))
+        configs[sae_name("relu_fixed", k)] = fields
+    return configs
+
+
+def final_l1_coefficient(run_dir: Path) -> float:
+    """The L1 coefficient of the last step logged in a finished run's ``history.json``."""
+    path = run_dir / "history.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no finished training in {run_dir}: the relu_fixed study takes the coefficient its "
+                                "controller ended on, so run the baselines study first (studies=['baselines', 'relu_fixed'])")
+    return float(json.loads(path.read_text())[-1]["l1_coefficient"])
+
+
 def scaling_name(sweep, architecture: str, width: int, k: int) -> str:
     """The SAE of ``architecture`` at ``width`` and ``k``: from the main sweep or a study."""
     return sae_name(architecture, k, width=None if width == sweep.d_sae else width)
 
 
-STUDY_CONFIGS = {"baselines": baseline_configs, "scaling": scaling_configs, "ablations": ablation_configs}
+STUDY_CONFIGS = {"baselines": baseline_configs, "scaling": scaling_configs, "ablations": ablation_configs,
+                 "relu_fixed": relu_fixed_configs}
 
 
-def study_configs(sweep, study: StudyConfig, name: str) -> dict[str, dict[str, Any]]:
+def study_configs(sweep, study: StudyConfig, name: str, folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The SAEs of study ``name``, ``{name: build_sae fields}``; ``folder``, the sweep's, is read
+    by the studies whose fields depend on SAEs already trained there (``relu_fixed``)."""
     if name not in STUDY_CONFIGS:
         raise ValueError(f"unknown study {name!r}; choose from {sorted(STUDY_CONFIGS)}")
+    if name == "relu_fixed":
+        return relu_fixed_configs(sweep, study, folder)
     return STUDY_CONFIGS[name](sweep, study)
 
 

@@ -181,6 +181,14 @@ class SweepResults:
     def sae_path(self, name: str) -> Path:
         return self.folder / name / "sae"
 
+    def history(self, name: str) -> list[dict[str, float]]:
+        """The statistics SAE ``name`` logged while training (``step``, ``l0``,
+        ``variance_explained``, ``l1_coefficient``, ...), one record every ``log_every`` steps."""
+        path = self.folder / name / "history.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no training history for {name!r} in {self.folder}: is it trained?")
+        return json.loads(path.read_text())
+
     def names(self, architecture: str) -> list[str]:
         """Main-sweep SAEs of one architecture, by increasing k."""
         return [sae_name(architecture, k) for k in self.config.k_values]
@@ -196,7 +204,7 @@ class SweepResults:
             config = metrics["config"]
             rows.append({
                 "sae": name, "architecture": parsed.architecture, "k": parsed.k, "width": config["d_sae"],
-                "prefix_width": parsed.prefix_width, "target_l0": float(config.get("k", config.get("target_l0"))),
+                "prefix_width": parsed.prefix_width, "target_l0": _target_l0(config),
                 **{key: value for key, value in metrics.items() if isinstance(value, (int, float))},
             })
         return rows
@@ -242,6 +250,12 @@ class SweepResults:
     def table(self, names: list[str], columns: list[str]) -> str:
         """Key numbers of the named SAEs, as text."""
         return format_table(self.rows(names), ["sae", *columns])
+
+
+def _target_l0(config: dict[str, Any]) -> float | None:
+    """The ``k`` or ``target_l0`` an SAE was configured with; None for a fixed penalty (``relu_fixed``)."""
+    target = config.get("k", config.get("target_l0"))
+    return None if target is None else float(target)
 
 
 def train_and_evaluate(group: dict[str, dict], data, config: SweepConfig, folder: Path, metrics: dict[str, dict], model,
@@ -318,10 +332,11 @@ def run_sweep(
     studies: Sequence[str] = (), study_config: StudyConfig | None = None, ranks: Ranks | None = None,
 ) -> SweepResults:
     """Run (or finish) the sweep, then the named ``studies`` (``msae.experiments.studies``: "baselines",
-    "scaling", "ablations") with the sizes of ``study_config``; ``model`` overrides loading
-    ``config.model_name`` (tests pass small stand-ins of the same architecture). Under torchrun
-    (``ranks``, default from its environment) the ranks share the harvesting and the SAEs
-    (:mod:`msae.distributed`); every rank returns the whole sweep's results."""
+    "scaling", "ablations", "relu_fixed"; the last reads the trained baselines, so it comes after
+    them) with the sizes of ``study_config``; ``model`` overrides loading ``config.model_name``
+    (tests pass small stand-ins of the same architecture). Under torchrun (``ranks``, default from
+    its environment) the ranks share the harvesting and the SAEs (:mod:`msae.distributed`); every
+    rank returns the whole sweep's results."""
     check_device(config)
     ranks = Ranks.from_environment() if ranks is None else ranks
     runs_dir = Path(runs_dir)
@@ -360,7 +375,7 @@ def run_sweep(
     train_group(sae_configs(config), "sweep")
     train_group(prefix_matched_configs(config, metrics), "prefix-matched BatchTopK")
     for study in studies:
-        group = study_configs(config, study_config, study)
+        group = study_configs(config, study_config, study, folder)
         for width in sorted({fields["d_sae"] for fields in group.values()}):  # one stream per width
             # full width only: no figure reads a study SAE's prefixes, and each costs a pass of the model
             train_group({n: f for n, f in group.items() if f["d_sae"] == width}, f"{study}, width {width}",

@@ -1,5 +1,6 @@
 """Figures of the studies beside the sweep (``msae.experiments.studies``): Fig 5 with every
-architecture, Fig 10 (metrics against width) and Figs 16-19 (the Matryoshka ablations).
+architecture, Fig 10 (metrics against width), Figs 16-19 (the Matryoshka ablations) and the
+training curves of penalty-steered SAEs.
 
 Every function takes flat rows, one per SAE, as ``SweepResults.rows()`` gives them; a feature
 metric computed elsewhere (absorption, ...) is one more column of those rows
@@ -186,4 +187,26 @@ def ablations_vs_l0(rows: Rows, metrics: Sequence[str] = ("variance_explained", 
             _l0_axis(ax, _label(metric), k_values)
             ax.set_title(title, fontsize=10)
         axes[r][0].legend(fontsize=7)
+    return fig
+
+
+def training_curves(histories: dict[str, Sequence[dict[str, float]]], coefficient: str = "l1_coefficient") -> plt.Figure:
+    """The penalty ``coefficient``, the L0 and the variance explained logged along training,
+    one line per SAE (``{label: history}``, histories as ``SweepResults.history`` reads them):
+    how a controller steers the coefficient and what the SAE does meanwhile."""
+    if not histories:
+        raise ValueError("no training histories to plot")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    for label, history in histories.items():
+        steps = [record["step"] for record in history]
+        for ax, key in zip(axes, (coefficient, "l0", "variance_explained")):
+            ax.plot(steps, [record[key] for record in history], label=label)
+    for ax, ylabel, log in zip(axes, (coefficient.replace("_", " "), "L0 (training batch)", "variance explained (training batch)"),
+                               (True, True, False)):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return fig
