@@ -22,12 +22,12 @@ sweep's), ``{architecture}_d{width}_k{l0}`` for other widths, ``{arm}_k{l0}`` fo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..saes.prefixes import group_sizes_from_fractions, validate_group_sizes
+from ..training.loop import read_history
 from .names import sae_name
 
 # Penalty-based and per-token architectures the paper compares against (Table 1), by registry name.
@@ -145,12 +145,12 @@ def relu_fixed_configs(sweep, study: StudyConfig, folder: str | Path | None = No
 
 
 def final_l1_coefficient(run_dir: Path) -> float:
-    """The L1 coefficient of the last step logged in a finished run's ``history.json``."""
-    path = run_dir / "history.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no finished training in {run_dir}: the relu_fixed study takes the coefficient its "
-                                "controller ended on, so run the baselines study first (studies=['baselines', 'relu_fixed'])")
-    return float(json.loads(path.read_text())[-1]["l1_coefficient"])
+    """The L1 coefficient of the last step logged in a finished run's history."""
+    try:
+        return float(read_history(run_dir)[-1]["l1_coefficient"])
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; the relu_fixed study takes the coefficient the controller ended on, so run "
+                                "the baselines study first (studies=['baselines', 'relu_fixed'])") from None
 
 
 def scaling_name(sweep, architecture: str, width: int, k: int) -> str:

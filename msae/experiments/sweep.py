@@ -27,7 +27,7 @@ from ..files import update_json, write_json
 from ..io import load_sae
 from ..saes.prefixes import PAPER_GROUP_FRACTIONS, group_sizes_from_fractions, prefix_ends
 from ..saes.registry import build_sae
-from ..training.loop import TrainConfig, train_many
+from ..training.loop import TrainConfig, read_history, train_many
 from .names import parse_sae_name, sae_name
 from .report import format_table
 from .studies import StudyConfig, study_configs
@@ -182,12 +182,8 @@ class SweepResults:
         return self.folder / name / "sae"
 
     def history(self, name: str) -> list[dict[str, float]]:
-        """The statistics SAE ``name`` logged while training (``step``, ``l0``,
-        ``variance_explained``, ``l1_coefficient``, ...), one record every ``log_every`` steps."""
-        path = self.folder / name / "history.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no training history for {name!r} in {self.folder}: is it trained?")
-        return json.loads(path.read_text())
+        """The statistics SAE ``name`` logged while training (``msae.training.loop.read_history``)."""
+        return read_history(self.folder / name)
 
     def names(self, architecture: str) -> list[str]:
         """Main-sweep SAEs of one architecture, by increasing k."""

@@ -335,6 +335,16 @@ class _Run:
             self.save(self.config.steps, data, finished=True)
 
 
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The statistics a finished run logged (``history.json`` in its ``run_dir``: ``step``,
+    ``loss``, ``variance_explained``, ``l0``, and each SAE's own, such as ``l1_coefficient``),
+    one record every ``log_every`` steps."""
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training history in {run_dir}: it is written when the run finishes")
+    return json.loads(path.read_text())
+
+
 def train_many(
     saes: dict[str, SparseAutoencoder],
     data: DataSource,
