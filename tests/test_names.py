@@ -26,15 +26,16 @@ def test_names_round_trip(seed):
 @pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
 def test_every_name_the_sweep_and_studies_make_parses_back(profile):
     config, study = profiles.sweep_config(profile), profiles.study_config(profile)
-    names = list(sweep.sae_configs(config))
-    for name in studies.STUDY_CONFIGS:
-        names += list(studies.study_configs(config, study, name))
-    for name in names:
+    every = {**sweep.sae_configs(config),  # the relu_fixed twins without their coefficient (a plan)
+             **{n: f for s in studies.STUDY_CONFIGS for n, f in studies.study_configs(config, study, s).items()}}
+    for name, fields in every.items():
         parsed = parse_sae_name(name)
         assert str(parsed) == name
-        fields = {**sweep.sae_configs(config), **{n: f for s in studies.STUDY_CONFIGS
-                                                  for n, f in studies.study_configs(config, study, s).items()}}[name]
-        assert parsed.k == fields.get("l0", fields.get("k"))
+        target = fields.get("l0", fields.get("k"))
+        if parsed.architecture == "relu_fixed":  # no target of its own: k names its controlled twin's
+            assert target is None and every[f"relu_k{parsed.k}"]["l0"] == parsed.k
+        else:
+            assert parsed.k == target
         assert (parsed.width or config.d_sae) == fields["d_sae"]
 
 

@@ -10,7 +10,8 @@ key in ``results.json``:
 - ``batchtopk_w{width}_k{k}``: a BatchTopK SAE as wide as a prefix of the Matryoshka SAE, at the
   prefix's L0 (Fig 13).
 
-``k`` is the SAE's target L0: its ``k`` or, for the penalty baselines, its ``target_l0``.
+``k`` is the SAE's target L0: its ``k`` or, for the penalty baselines, its ``target_l0``; a
+``relu_fixed_k{k}`` SAE has no target (a fixed coefficient) and takes its twin ``relu_k{k}``'s.
 """
 
 from __future__ import annotations
