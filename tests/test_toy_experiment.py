@@ -38,10 +38,15 @@ def test_matryoshka_recovers_the_true_features(evaluations):
 
 
 def test_both_saes_reach_about_the_true_l0(evaluations):
-    # vanilla merges parent and child into one latent, so it needs fewer: 1.12 - 0.27
+    # Matryoshka keeps parents and children apart: about the true L0, 1.12. Vanilla merges each
+    # parent into its children's latents, so it needs fewer: 1.12 - 0.27 = 0.85 with all nine pairs
+    # merged. Measured over seeds 0-29, 555 and 556: vanilla 0.865 in 29 seeds and 0.987 in 3 (12,
+    # 13, 556; parent absorption still 1.00), Matryoshka 1.108-1.169; the gap never under 0.15.
+    merged = 1.12 - 3 * 3 * 0.15 * 0.2
     for by_kind in evaluations.values():
-        assert by_kind["matryoshka"].l0 == pytest.approx(1.12, abs=0.1)
-        assert by_kind["vanilla"].l0 == pytest.approx(1.12 - 3 * 3 * 0.15 * 0.2, abs=0.1)
+        matryoshka, vanilla = by_kind["matryoshka"].l0, by_kind["vanilla"].l0
+        assert matryoshka == pytest.approx(1.12, abs=0.1)
+        assert merged - 0.1 <= vanilla <= matryoshka - 0.1
 
 
 def test_median_seed_and_table(evaluations):
