@@ -172,6 +172,7 @@ def test_a_sweep_split_over_two_torchrun_ranks_gives_the_serial_sweep(tmp_path, 
 # --- one SAE, data-parallel over gloo ---------------------------------------------------------------
 
 DP_WORKER = textwrap.dedent("""
+    import os
     import sys
     import torch
     import torch.distributed as dist
@@ -182,17 +183,23 @@ DP_WORKER = textwrap.dedent("""
 
     seed, run_dir, kernels, interrupt_step, out = int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
     dist.init_process_group("gloo")
+    rank = dist.get_rank()
     data = NoisyData(seed, interrupt_at=call_of_step(interrupt_step) if interrupt_step >= 0 else None)
     try:
         result = train_data_parallel(dp_sae(seed, kernels), data, dp_config(), run_dir, progress=False)
     except KeyboardInterrupt:
         sys.exit(3)
-    if dist.get_rank() == 1:  # rank 0 wrote the run folder; rank 1's copy must be the same SAE
+    if rank == 1:  # rank 0 wrote the run folder; rank 1's copy must be the same SAE
         torch.save(result.sae.state_dict(), out)
-    # Tear down together: a rank that exits while the other is still saving can make gloo's
-    # teardown abort the slower one ("terminate called without an active exception", seen once).
+    # Tear down together, then leave without the interpreter's exit: gloo's teardown at exit has
+    # aborted a finished rank ("terminate called without an active exception", twice in make test,
+    # the second time after the barrier was added). The marker says, should a rank fail again,
+    # whether it got this far: past it, every result the test reads is on disk.
     dist.barrier()
     dist.destroy_process_group()
+    print(f"rank {rank} finished", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
