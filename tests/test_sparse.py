@@ -301,7 +301,10 @@ def test_bfloat16_autocast_keeps_float32_weights_and_a_close_loss(seed, kernels)
         histories[autocast] = result.history
         assert all(p.dtype == torch.float32 for p in sae.parameters()) and sae.threshold.dtype == torch.float32
     low, full = histories["bfloat16"][-1], histories[None][-1]
-    assert full["variance_explained"] > 0.5  # it learned something worth comparing
+    # It learned something worth comparing (an untrained SAE explains ~0): over 61 seeds the float32
+    # run reached 0.47-0.68 (0.471 at seed 31152501, which failed the earlier bound of 0.5), the
+    # bfloat16 run within 0.013 of it and its loss within 2.6%.
+    assert full["variance_explained"] > 0.3
     assert low["loss"] == pytest.approx(full["loss"], rel=0.05)
     assert low["variance_explained"] == pytest.approx(full["variance_explained"], abs=0.02)
 
