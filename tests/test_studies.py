@@ -61,8 +61,12 @@ def test_relu_fixed_takes_the_coefficient_its_controlled_twin_ended_on(seed, tmp
         assert fields == {**baselines[f"relu_k{k}"], "l0": None, "l1_coefficient": final[k]}
         sae = build_sae(fields.pop("architecture"), d_in=8, **fields)
         assert sae.config.target_l0 is None and sae.l1_coefficient.item() == pytest.approx(final[k])
-    # a plan names them without reading anything; no ReLU baseline, no twin
+    # the dispatcher hands the folder on; a plan names them without reading anything
+    assert studies.study_configs(config, study, "relu_fixed", tmp_path) == studies.relu_fixed_configs(config, study, tmp_path)
     assert studies.study_configs(config, study, "relu_fixed").keys() == configs.keys()
+    # the other studies read no folder: the same SAEs with or without one; no ReLU baseline, no twin
+    for name in set(studies.STUDY_CONFIGS) - {"relu_fixed"}:
+        assert studies.study_configs(config, study, name, tmp_path) == studies.study_configs(config, study, name)
     assert "l1_coefficient" not in studies.relu_fixed_configs(config, study)[f"relu_fixed_k{study.baseline_k_values[0]}"]
     assert studies.relu_fixed_configs(config, studies.StudyConfig(baselines=["gated"]), tmp_path) == {}
     with pytest.raises(FileNotFoundError, match="run the baselines study first"):

@@ -111,19 +111,24 @@ def architecture_fields(sweep, architecture: str, d_sae: int, k: int) -> dict[st
     return dict(_shared(sweep, d_sae), architecture=architecture, l0=k)
 
 
-def baseline_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+# Every study function takes (sweep config, StudyConfig, the sweep's folder or None) and returns
+# {SAE name: build_sae fields}; only the studies whose fields depend on SAEs already trained
+# (relu_fixed) read the folder.
+
+
+def baseline_configs(sweep, study: StudyConfig, folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return {sae_name(arch, k): architecture_fields(sweep, arch, sweep.d_sae, k)
             for k in (study.baseline_k_values or sweep.k_values) for arch in study.baselines}
 
 
-def scaling_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+def scaling_configs(sweep, study: StudyConfig, folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The widths other than the sweep's own (whose SAEs the main sweep and baselines hold)."""
     return {sae_name(arch, k, width=width): architecture_fields(sweep, arch, width, k)
             for width in study.widths if width != sweep.d_sae
             for k in study.width_k_values for arch in study.width_architectures}
 
 
-def ablation_configs(sweep, study: StudyConfig) -> dict[str, dict[str, Any]]:
+def ablation_configs(sweep, study: StudyConfig, folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return {sae_name(arm, k): matryoshka_fields(sweep, sweep.d_sae, k, **ABLATION_ARMS[arm])
             for k in study.ablation_k_values for arm in study.ablation_arms}
 
@@ -167,9 +172,7 @@ def study_configs(sweep, study: StudyConfig, name: str, folder: str | Path | Non
     by the studies whose fields depend on SAEs already trained there (``relu_fixed``)."""
     if name not in STUDY_CONFIGS:
         raise ValueError(f"unknown study {name!r}; choose from {sorted(STUDY_CONFIGS)}")
-    if name == "relu_fixed":
-        return relu_fixed_configs(sweep, study, folder)
-    return STUDY_CONFIGS[name](sweep, study)
+    return STUDY_CONFIGS[name](sweep, study, folder)
 
 
 def _shared(sweep, d_sae: int) -> dict[str, Any]:
