@@ -76,7 +76,7 @@ run-notebooks:
 	done
 
 plan: $(STAMP)
-	@$(BIN)/python -m msae.experiments.pipeline --profile $(PROFILE) --nproc $(NPROC) --studies --dry-run
+	@$(BIN)/python -m msae.experiments.pipeline --profile $(PROFILE) --nproc $(NPROC) --studies --ladder --dry-run
 
 # Lint first (seconds); then the unit tests and the notebooks share the two cores as jobs of
 # one `make -j2` (see notebook-test): the unit tests on one worker fill the second core while the

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 from lm_helpers import tiny_model, tiny_sweep_config
 from msae.data.activations import ActivationConfig, CorpusConfig, collect_activations
-from msae.experiments import feature_evals, ladder, profiles, sweep
+from msae.experiments import feature_evals, ladder, pipeline, profiles, sweep
 from msae.plots import ladder as ladder_plots
 
 # --- the profile tables -------------------------------------------------------------------------
@@ -255,3 +255,17 @@ def test_a_verdict_per_rung_with_the_diagnostic_where_absorption_is_not_scored()
     assert ladder.absorption_column(rows[:2]) == "absorption"
     text = ladder.distance_from_paper(profiles.ladder_config("default"), profiles.ladder_config("paper"))
     assert text.endswith("(7.11x wider, 167x more tokens)")
+
+
+def test_the_plan_names_the_saes_the_ladder_trains(tiny_ladder):
+    config, _, results, _, metrics_before, trained, _ = tiny_ladder
+    planned = pipeline.ladder_groups(config, TINY_LADDER, set(sweep.sae_configs(config)))
+    # what the ladder trained: every SAE of a rung but those its folder (the sweep's) held before
+    new = {f"ladder {rung.token_budget:,} tokens": [n for n in rung.names if rung.results.folder != results.folder
+                                                    or n not in metrics_before] for rung in trained.rungs}
+    assert {name: list(group) for name, (_, group) in planned.items()} == {k: v for k, v in new.items() if v}
+    for rung in trained.rungs:
+        run, group = planned[f"ladder {rung.token_budget:,} tokens"]
+        assert run.steps == rung.results.config.steps and run.n_tokens == rung.token_budget
+        for name, fields in group.items():
+            assert fields["d_sae"] == rung.results.metrics[name]["config"]["d_sae"]

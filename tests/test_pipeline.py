@@ -37,7 +37,7 @@ def test_the_dry_run_prints_every_stage_without_a_model(capsys, monkeypatch):
     import msae.data.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the dry run loaded a model"))
-    pipeline.main(["--profile", "smoke", "--dry-run", "--nproc", "2", "--studies"])
+    pipeline.main(["--profile", "smoke", "--dry-run", "--nproc", "2", "--studies", "--ladder"])
     out = capsys.readouterr().out
     config = profiles.sweep_config("smoke")
     assert out.startswith("plan: profile smoke on 2 processes (times estimated")
@@ -46,6 +46,18 @@ def test_the_dry_run_prints_every_stage_without_a_model(capsys, monkeypatch):
     assert f"{config.n_tokens:,} tokens" in out and f"{config.steps:,} steps of {config.batch_size:,}" in out
     # the sweep's 4 SAEs, 2 per rank, each step 0.01 s: 60 steps x 2 x 0.01 = 1.2 s
     assert "sweep                      4 SAEs (4 x 256 latents), 60 steps of 256  ~1 s" in out
+    # the ladder's budgets (6,000 and the sweep's 12,000 tokens) collect nothing new: a smaller
+    # rung links the sweep's shards; the sweep's own rung leaves out the sweep's SAEs
+    ladder = profiles.ladder_config("smoke")
+    assert sorted(ladder.token_budgets) == [6_000, config.n_tokens] and sorted(ladder.widths) == [128, config.d_sae]
+    assert "ladder 6,000 tokens        6,000 tokens of activations (disk), 4 SAEs (2 x 128, 2 x 256 latents), " \
+           "30 steps of 256  ~1 s" in out  # 30 x (0.01 + 0.01) s
+    assert "ladder 12,000 tokens       12,000 tokens of activations (disk), 2 SAEs (2 x 128 latents), 60 steps of 256" in out
+    # at default the 3M rung collects only what the sweep's 600k-token cache does not hold
+    stages = {s.name: s for s in pipeline.plan("default", 1, studies=False, device="cpu", ladder=True)}
+    harvest = stages["harvest"].seconds  # the sweep's 600,000 tokens
+    assert stages["ladder 3,000,000 tokens"].seconds == pytest.approx(harvest * 2_400_000 / 600_000 + 6 * 7_500 * 0.01)
+    assert stages["ladder 600,000 tokens"].seconds == pytest.approx(4 * 1_500 * 0.01)
     paper = pipeline.plan("paper", nproc=8, device="cpu")  # a GPU profile is not timed on a CPU
     assert all(stage.seconds is None for stage in paper)
     assert "no times" in pipeline.format_plan("paper", 8, paper, "cpu")

@@ -84,6 +84,25 @@ def sae_groups(config: SweepConfig, study_config: StudyConfig | None = None) -> 
     return groups
 
 
+def ladder_groups(config: SweepConfig, ladder, in_sweep: set[str] = frozenset()) -> dict[str, tuple[SweepConfig, dict[str, dict]]]:
+    """The scale ladder's SAEs still to train, ``{"ladder <tokens>": (rung, {name: fields})}``, one
+    group per token budget (``msae.experiments.ladder``): at the sweep's own budget the rung is
+    the sweep, so its SAEs named in ``in_sweep`` (planned there already) are left out, and so is
+    a budget with nothing left."""
+    from .ladder import ladder_k, ladder_sae_fields, rung_config
+
+    k, groups = ladder_k(config, ladder), {}
+    for tokens in sorted(ladder.token_budgets):
+        rung = rung_config(config, tokens)
+        group = dict(ladder_sae_fields(rung, architecture, width, k) for width in sorted(ladder.widths)
+                     for architecture in ladder.architectures)
+        if rung == config:
+            group = {name: fields for name, fields in group.items() if name not in in_sweep}
+        if group:
+            groups[f"ladder {tokens:,} tokens"] = (rung, group)
+    return groups
+
+
 def sae_training_bytes(d_in: int, d_sae: int, batch: int) -> int:
     """Memory to train one SAE: its weights with gradients and Adam's moments, and the (batch,
     d_sae) pre-activations with their gradient, in float32."""
@@ -128,13 +147,15 @@ def _synchronize(device: str) -> None:
 
 
 def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | None = None,
-         device: str | None = None) -> list[Stage]:
+         device: str | None = None, ladder: bool = False) -> list[Stage]:
     """What running ``profile``'s training on ``nproc`` processes does, stage by stage, with
     times estimated from throughput measured on ``device`` (default: CUDA if present, else CPU;
     ``measure`` None: unless the profile needs a GPU and there is none; False: no times). A
     rank trains a group's SAEs together, so the memory per rank is that of its share of the
     largest group. With streamed activations ("live"), each group of one width runs the model
-    over its tokens again, which the group's time includes."""
+    over its tokens again, which the group's time includes. ``ladder``: also one stage per
+    token budget of the scale ladder (notebook 17) other than the sweep's own, with the tokens
+    it collects beyond the largest smaller cache and the SAEs it trains."""
     config = profiles.sweep_config(profile)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if measure is None:  # a GPU profile's times measured on a CPU would mislead
@@ -154,24 +175,36 @@ def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | Non
     stages.append(Stage("harvest", f"{tokens:,} tokens of {config.model_name} to {config.hook_name} (layer {layer} of "
                         f"{n_layers}), {where}", harvest))
 
-    groups = sae_groups(config, profiles.study_config(profile) if studies else None)
-    largest = 0
-    for name, group in groups.items():
+    groups = {name: (config, group) for name, group in
+              sae_groups(config, profiles.study_config(profile) if studies else None).items()}
+    if ladder:
+        in_sweep = {n for _, group in groups.values() for n in group}
+        groups.update(ladder_groups(config, profiles.ladder_config(profile), in_sweep))
+    largest, step_seconds = 0, {}
+    for name, (run, group) in groups.items():
         by_width: dict[int, list[dict]] = {}
         for fields in group.values():
             by_width.setdefault(fields["d_sae"], []).append(fields)
         seconds = 0.0 if measure else None
+        if measure and name.startswith("ladder") and rate and run.storage == "disk":
+            # a rung's cache starts from the largest one collected before it (ladder.link_smaller_cache)
+            have = max(c.n_tokens for c, _ in groups.values() if c.n_tokens < run.n_tokens or c is config)
+            seconds += max(0, run.n_tokens - have) * flops_per_token / rate
         for width, members in sorted(by_width.items()):  # one stream per width, as run_sweep trains them
             per_rank = math.ceil(len(members) / nproc)
-            largest = max(largest, per_rank * sae_training_bytes(d_model, width, config.batch_size))
+            largest = max(largest, per_rank * sae_training_bytes(d_model, width, run.batch_size))
             if measure:
-                step = measure_sae_step(d_model, width, max(f.get("k", 32) for f in members), config.batch_size, device)
-                seconds += step * config.steps * per_rank
-                if config.storage == "live" and rate:  # every rank runs the model for its stream
-                    seconds += config.steps * config.batch_size * flops_per_token / (rate / nproc)
+                k = max(f.get("k", 32) for f in members)
+                if (width, k) not in step_seconds:  # measured once per shape
+                    step_seconds[width, k] = measure_sae_step(d_model, width, k, run.batch_size, device)
+                seconds += step_seconds[width, k] * run.steps * per_rank
+                if run.storage == "live" and rate:  # every rank runs the model for its stream
+                    seconds += run.steps * run.batch_size * flops_per_token / (rate / nproc)
         widths = ", ".join(f"{len(m)} x {w:,}" for w, m in sorted(by_width.items()))
-        stages.append(Stage(name, f"{len(group)} SAEs ({widths} latents), {config.steps:,} steps of {config.batch_size:,}",
-                            seconds))
+        detail = f"{len(group)} SAEs ({widths} latents), {run.steps:,} steps of {run.batch_size:,}"
+        if name.startswith("ladder"):
+            detail = f"{run.n_tokens:,} tokens of activations ({run.storage}), " + detail
+        stages.append(Stage(name, detail, seconds))
     stages.append(Stage("memory", f"{largest / 2**30:,.1f} GiB per rank for the SAEs it trains at once "
                         f"(weights, gradients, Adam; float32), plus the model on each rank", None))
     return stages
@@ -215,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         nproc = args.nproc or Ranks.from_environment().world_size
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        print(format_plan(args.profile, nproc, plan(args.profile, nproc, args.studies, device=device), device))
+        stages = plan(args.profile, nproc, args.studies, device=device, ladder=args.ladder)
+        print(format_plan(args.profile, nproc, stages, device))
         return
     run(args.profile, args.runs_dir, args.cache_dir, args.studies, args.ladder, not args.no_progress)
 
