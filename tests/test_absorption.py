@@ -162,11 +162,14 @@ def test_l1_probe_satisfies_its_optimality_conditions(gen):
     _balanced_bce_float64(acts.double() @ w.T + b, targets).backward()
     g_w = w.grad
     torch.testing.assert_close(gradient.double(), g_w, rtol=1e-3, atol=1e-5)
-    assert b.grad.abs().max() < 1e-4
+    # The solver stops when its steps are small, not on these residuals: over 3,300 seeds the
+    # largest were 1.3e-4 (bias) and 1.7e-4 (nonzero weights), the median 5e-6, so 3e-4 (3% of l1)
+    tolerance = 3e-4
+    assert b.grad.abs().max() < tolerance
     nonzero = weight != 0
     assert nonzero.sum() > 10  # the check below is not vacuous
-    assert (g_w[nonzero] + l1 * weight[nonzero].sign()).abs().max() < 1e-4
-    assert g_w[~nonzero].abs().max() <= l1 + 1e-4
+    assert (g_w[nonzero] + l1 * weight[nonzero].sign()).abs().max() < tolerance
+    assert g_w[~nonzero].abs().max() <= l1 + tolerance
 
 
 def test_rank_latents_orders_positive_then_zero_then_negative():
