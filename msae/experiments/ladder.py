@@ -110,6 +110,14 @@ def ladder_sae_fields(rung: SweepConfig, architecture: str, width: int, k: int) 
     return name, architecture_fields(rung, architecture, width, k)
 
 
+def rung_saes(rung: SweepConfig, ladder: LadderConfig, k: int) -> dict[str, dict[str, Any]]:
+    """Every ladder SAE of one rung, ``{name: fields}`` (:func:`ladder_sae_fields`), by width then
+    architecture: what ``run_ladder`` trains there, ``estimate_runtime`` and the plan
+    (``msae.experiments.pipeline``) count."""
+    return dict(ladder_sae_fields(rung, architecture, width, k) for width in sorted(ladder.widths)
+                for architecture in ladder.architectures)
+
+
 def link_smaller_cache(config: ActivationConfig, cache_root: str | Path) -> int:
     """Before collecting ``config``'s activations, link in the shards another complete cache of the
     same text, model and hook already holds (one that differs only in ``n_tokens``): shard i is
@@ -231,9 +239,9 @@ def run_ladder(results: SweepResults, ladder: LadderConfig, runs_dir: str | Path
             metrics = json.loads(path.read_text()) if path.is_file() else {}
         rung_results = SweepResults(folder, rung, metrics, model)
         write_json(folder / "config.json", asdict(rung))
-        names = []
+        names, saes = [], rung_saes(rung, ladder, k)
         for width in sorted(ladder.widths):  # one stream per width, as run_sweep trains its studies
-            group = dict(ladder_sae_fields(rung, architecture, width, k) for architecture in ladder.architectures)
+            group = {name: fields for name, fields in saes.items() if fields["d_sae"] == width}
             data = (CachedActivations(cache, rung.batch_size, seed=rung.seed) if rung.storage == "disk" else
                     LiveActivations(model, rung.activation_config(), rung.batch_size, rung.buffer_tokens, rung.seed))
             data.check(data.d_model, rung.model_name, rung.hook_name)
@@ -392,10 +400,9 @@ def estimate_runtime(results: SweepResults, ladder: LadderConfig, runs_dir: str 
     for tokens in sorted(ladder.token_budgets):
         rung = rung_config(sweep, tokens)
         folder = runs_dir / "sweeps" / rung.name()
-        to_train = [(name, width) for width in ladder.widths for name, _ in
-                    (ladder_sae_fields(rung, a, width, k) for a in ladder.architectures)
+        to_train = [fields["d_sae"] for name, fields in rung_saes(rung, ladder, k).items()
                     if not (folder / name / "sae").is_dir()]
-        training = sum(cost * width * rung.steps * rung.batch_size for _, width in to_train)
+        training = sum(cost * width * rung.steps * rung.batch_size for width in to_train)
         collecting = 0.0
         if rung.storage == "disk" and not (runs_dir / "activations" / rung.activation_config().key() / "meta.json").is_file():
             have = max((n for n, _, _ in _compatible_caches(rung.activation_config(), runs_dir / "activations")), default=0)

@@ -89,13 +89,12 @@ def ladder_groups(config: SweepConfig, ladder, in_sweep: set[str] = frozenset())
     group per token budget (``msae.experiments.ladder``): at the sweep's own budget the rung is
     the sweep, so its SAEs named in ``in_sweep`` (planned there already) are left out, and so is
     a budget with nothing left."""
-    from .ladder import ladder_k, ladder_sae_fields, rung_config
+    from .ladder import ladder_k, rung_config, rung_saes
 
     k, groups = ladder_k(config, ladder), {}
     for tokens in sorted(ladder.token_budgets):
         rung = rung_config(config, tokens)
-        group = dict(ladder_sae_fields(rung, architecture, width, k) for width in sorted(ladder.widths)
-                     for architecture in ladder.architectures)
+        group = rung_saes(rung, ladder, k)
         if rung == config:
             group = {name: fields for name, fields in group.items() if name not in in_sweep}
         if group:
@@ -180,16 +179,17 @@ def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | Non
     if ladder:
         in_sweep = {n for _, group in groups.values() for n in group}
         groups.update(ladder_groups(config, profiles.ladder_config(profile), in_sweep))
-    largest, step_seconds = 0, {}
+    largest, step_seconds, collected = 0, {}, [config.n_tokens]
     for name, (run, group) in groups.items():
         by_width: dict[int, list[dict]] = {}
         for fields in group.values():
             by_width.setdefault(fields["d_sae"], []).append(fields)
         seconds = 0.0 if measure else None
-        if measure and name.startswith("ladder") and rate and run.storage == "disk":
-            # a rung's cache starts from the largest one collected before it (ladder.link_smaller_cache)
-            have = max(c.n_tokens for c, _ in groups.values() if c.n_tokens < run.n_tokens or c is config)
-            seconds += max(0, run.n_tokens - have) * flops_per_token / rate
+        if name.startswith("ladder"):  # rungs come in increasing budgets
+            if measure and rate and run.storage == "disk":
+                # a rung's cache starts from the largest one collected before it (ladder.link_smaller_cache)
+                seconds += max(0, run.n_tokens - max(collected)) * flops_per_token / rate
+            collected.append(run.n_tokens)
         for width, members in sorted(by_width.items()):  # one stream per width, as run_sweep trains them
             per_rank = math.ceil(len(members) / nproc)
             largest = max(largest, per_rank * sae_training_bytes(d_model, width, run.batch_size))
