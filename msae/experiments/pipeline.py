@@ -153,8 +153,8 @@ def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | Non
     rank trains a group's SAEs together, so the memory per rank is that of its share of the
     largest group. With streamed activations ("live"), each group of one width runs the model
     over its tokens again, which the group's time includes. ``ladder``: also one stage per
-    token budget of the scale ladder (notebook 17) other than the sweep's own, with the tokens
-    it collects beyond the largest smaller cache and the SAEs it trains."""
+    token budget of the scale ladder (notebook 17) that trains anything the sweep does not
+    (``ladder_groups``), with the tokens it collects beyond the largest cache before it."""
     config = profiles.sweep_config(profile)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if measure is None:  # a GPU profile's times measured on a CPU would mislead
