@@ -179,7 +179,7 @@ def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | Non
     if ladder:
         in_sweep = {n for _, group in groups.values() for n in group}
         groups.update(ladder_groups(config, profiles.ladder_config(profile), in_sweep))
-    largest, step_seconds, collected = 0, {}, [config.n_tokens]
+    largest, step_seconds, largest_cache = 0, {}, config.n_tokens
     for name, (run, group) in groups.items():
         by_width: dict[int, list[dict]] = {}
         for fields in group.values():
@@ -188,8 +188,8 @@ def plan(profile: str, nproc: int = 1, studies: bool = True, measure: bool | Non
         if name.startswith("ladder"):  # rungs come in increasing budgets
             if measure and rate and run.storage == "disk":
                 # a rung's cache starts from the largest one collected before it (ladder.link_smaller_cache)
-                seconds += max(0, run.n_tokens - max(collected)) * flops_per_token / rate
-            collected.append(run.n_tokens)
+                seconds += max(0, run.n_tokens - largest_cache) * flops_per_token / rate
+            largest_cache = max(largest_cache, run.n_tokens)
         for width, members in sorted(by_width.items()):  # one stream per width, as run_sweep trains them
             per_rank = math.ceil(len(members) / nproc)
             largest = max(largest, per_rank * sae_training_bytes(d_model, width, run.batch_size))
